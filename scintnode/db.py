@@ -1,0 +1,188 @@
+"""The index: what the node holds and what it must still do, in a SQL database (SQLite by default).
+
+Files in the spool hold content; these tables hold state. Every stage reads and writes its state here,
+so a restart resumes where the node stopped. Through SQLAlchemy, so a PostgreSQL URL works too."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Instance(Base):
+    """One stored SOP instance; written before the C-STORE is answered."""
+
+    __tablename__ = "instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    transfer_syntax: Mapped[str] = mapped_column(String(64), default="")
+    path: Mapped[str] = mapped_column(Text)  # relative to the spool root
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer_address: Mapped[str] = mapped_column(String(64), default="")
+    association_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    routed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+
+
+class Series(Base):
+    """Completion state of a series (NM objects complete on arrival and skip this wait)."""
+
+    __tablename__ = "series"
+
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # set when the association that last delivered to this series was released by its sender
+    released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    completed_by: Mapped[str] = mapped_column(String(32), default="")  # nm-object | release-quiet | long-quiet
+
+
+class Job(Base):
+    """One run of one network on one set of inputs; the idempotency key makes a set run once."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    rule_name: Mapped[str] = mapped_column(String(128))
+    ruleset_version: Mapped[str] = mapped_column(String(64))
+    network: Mapped[str] = mapped_column(String(64))
+    outputs: Mapped[list[str]] = mapped_column(JSON)  # e.g. ["sr", "sc"]
+    destinations: Mapped[list[str]] = mapped_column(JSON)
+    inputs: Mapped[list[str]] = mapped_column(JSON)  # SOP Instance UIDs
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|running|done|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    inference_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Output(Base):
+    """A DICOM object the node wrote for a job (SR, SC, SEG), kept in the spool until delivered."""
+
+    __tablename__ = "outputs"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))  # sr | sc | seg
+    study_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to the spool root
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """A durable queue entry: one output to one destination, retried until it lands or is dead-lettered."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sop_instance_uid: Mapped[str] = mapped_column(ForeignKey("outputs.sop_instance_uid"), index=True)
+    destination: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sent|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    last_status: Mapped[str] = mapped_column(String(64), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Event(Base):
+    """Append-only audit trail per study: received, complete, matched, inferred, written, delivered."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Database:
+    """Engine and session factory; one per node."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        connect_args: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            # handler threads of pynetdicom share the engine; SQLite serialises writers itself
+            connect_args = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on any error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def record_event(self, session: Session, study_uid: str, kind: str, **detail: Any) -> None:
+        session.add(Event(study_uid=study_uid, kind=kind, detail=detail))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an answered C-STORE must survive power loss
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,1 @@
+"""The networks scintnode runs, one module per paper, and the registry that names them."""

@@ -1,0 +1,49 @@
+"""Named networks the node can run: rules refer to them by name, the job runner asks here for one.
+
+Networks are loaded once and kept; each takes the job's source datasets and returns a Finding."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from pydicom import Dataset
+
+from scintnode.finding import Finding
+from scintnode.models.spec import ModelSpec
+
+
+class Network(Protocol):
+    """A loaded network ready to run on the images of one job."""
+
+    spec: ModelSpec
+
+    def run(self, sources: Sequence[Dataset]) -> Finding: ...
+
+
+class UnknownNetwork(LookupError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"no network named {name!r}; known networks: {', '.join(sorted(known))}")
+        self.name = name
+
+
+class Registry:
+    """Loads each network on first use and keeps it; thread-safe."""
+
+    def __init__(self, factories: dict[str, Callable[[], Network]]) -> None:
+        self._factories = dict(factories)
+        self._loaded: dict[str, Network] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._factories))
+
+    def get(self, name: str) -> Network:
+        with self._lock:
+            if name not in self._loaded:
+                if name not in self._factories:
+                    raise UnknownNetwork(name, list(self._factories))
+                self._loaded[name] = self._factories[name]()
+            return self._loaded[name]
