@@ -47,3 +47,14 @@ class Registry:
                     raise UnknownNetwork(name, list(self._factories))
                 self._loaded[name] = self._factories[name]()
             return self._loaded[name]
+
+
+def default_registry() -> Registry:
+    """The networks this build ships, each loaded from its committed weights on first use."""
+
+    def thyroid() -> Network:
+        from scintnode.models.thyroid import load_thyroid_network
+
+        return load_thyroid_network()
+
+    return Registry({"thyroid-resnet34": thyroid})

@@ -1,0 +1,94 @@
+"""The node: wires receive, pipeline, send and housekeeping together and owns start and stop.
+
+One worker thread runs the pipeline (route, infer, write) when woken by new data or a deadline; the
+receive threads only store; dispatch runs on the scheduler. Stop parks work safely in the index."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from scintnode.config import Settings
+from scintnode.db import Database
+from scintnode.models.catalog import network_names
+from scintnode.models.registry import Registry, default_registry
+from scintnode.pipeline import Pipeline
+from scintnode.receive import Receiver
+from scintnode.retention import purge_expired
+from scintnode.route import RuleSet, load_rule_set
+from scintnode.schedule import Housekeeping
+from scintnode.send import Dispatcher
+from scintnode.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.storage.root, settings.storage.min_free_bytes)
+        self.db = Database(settings.database_url)
+        self.db.create_schema()
+        self.rule_set: RuleSet = load_rule_set(
+            settings.rules_dir, networks=network_names(), destinations=list(settings.destinations)
+        )
+        self.registry = registry or default_registry()
+        self.dispatcher = Dispatcher(
+            self.db, self.spool.root, settings.destinations, settings.dispatch, settings.node.ae_title
+        )
+        self.pipeline = Pipeline(
+            self.db, self.spool, settings, lambda: self.rule_set, self.registry, self.dispatcher
+        )
+        self.receiver = Receiver(self.db, self.spool, settings.node, on_change=self.wake)
+        self.housekeeping = Housekeeping()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="scintnode-pipeline", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.receiver.port
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        log.info("rule set %s: %d rule(s) from %s", self.rule_set.version[:12], len(self.rule_set.rules),
+                 self.settings.rules_dir)
+        self.pipeline.recover()
+        completion = self.settings.completion
+        tick = max(0.2, min(completion.release_quiet_seconds, completion.long_quiet_seconds) / 2)
+        self.housekeeping.every("completion", tick, self.wake)
+        self.housekeeping.every("dispatch", self.settings.dispatch.poll_seconds, self.dispatcher.deliver_due)
+        self.housekeeping.every(
+            "retention", 3600, lambda: purge_expired(self.db, self.spool, self.settings.storage.retention_days)
+        )
+        self.housekeeping.start()
+        self._worker.start()
+        self.receiver.start()
+        self.wake()  # inputs left unrouted by the last run
+
+    def stop(self) -> None:
+        """Stop taking associations, let the job in progress finish, then stop housekeeping."""
+        log.info("stopping: no new associations; finishing the job in progress")
+        self.receiver.stop()
+        self._stopping.set()
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=self.settings.job_timeout_seconds)
+        self.housekeeping.stop()
+        self.db.dispose()
+        log.info("stopped")
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=5.0)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self.pipeline.route_ready()
+                while not self._stopping.is_set() and self.pipeline.run_next_job():
+                    self.housekeeping.run_soon("dispatch")
+            except Exception:  # the worker must survive anything one unit or job throws
+                log.exception("pipeline step failed; will retry on the next wake-up")

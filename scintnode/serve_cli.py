@@ -1,0 +1,53 @@
+"""`scintnode serve`: runs the node in the foreground until SIGTERM or SIGINT, then stops it cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from scintnode.config import ConfigError, load_settings
+from scintnode.route import RuleError
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom logs every PDU at INFO; its warnings and errors are what an operator needs
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scintnode serve", description="Run the scintnode DICOM node.")
+    parser.add_argument("--config", type=Path, help="YAML configuration (default: embedded defaults)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    log = logging.getLogger("scintnode")
+    try:
+        settings = load_settings(args.config)
+        from scintnode.node import Node  # imports torch: only once the config is known to be good
+
+        node = Node(settings)
+    except (ConfigError, RuleError) as exc:
+        log.error("%s", exc)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    node.start()
+    print(f"scintnode listening as {settings.node.ae_title} on port {node.port}", flush=True)
+    stop.wait()
+    node.stop()
+    return 0

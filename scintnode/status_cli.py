@@ -1,0 +1,45 @@
+"""`scintnode status`: what a node holds and is doing — open series, recent jobs, the delivery queue."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from scintnode.config import ConfigError, load_settings
+from scintnode.db import Database, Delivery, Job, Series
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scintnode status", description="Show a node's series, jobs, deliveries.")
+    parser.add_argument("--config", type=Path, help="the node's YAML configuration (default: embedded defaults)")
+    parser.add_argument("--limit", type=int, default=20, help="recent jobs to list")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    db = Database(settings.database_url)
+    db.create_schema()
+    with db.session() as session:
+        open_series = session.scalars(
+            select(Series).where(Series.completed_at.is_(None)).order_by(Series.last_received_at)
+        ).all()
+        print(f"Open series (waiting for completion): {len(open_series)}")
+        for s in open_series:
+            released = "released" if s.released_at else "association open or aborted"
+            print(f"  {s.series_uid}  {s.modality:<3} {s.instance_count:>5} inst  last {s.last_received_at:%Y-%m-%d %H:%M:%S}  {released}")
+        counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
+        print("Jobs: " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none"))
+        for job in session.scalars(select(Job).order_by(Job.id.desc()).limit(args.limit)):
+            result = job.result or {}
+            what = result.get("predicted", job.error[:60] if job.error else "")
+            print(f"  #{job.id:<5} {job.state:<8} {job.network:<18} rule {job.rule_name:<20} {what}")
+        queue = dict(
+            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).tuples().all()
+        )
+        print("Deliveries: " + (", ".join(f"{state} {n}" for state, n in sorted(queue.items())) or "none"))
+    db.dispose()
+    return 0

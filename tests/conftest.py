@@ -1,0 +1,45 @@
+"""Shared fixtures: synthetic NM files and a node's storage in a temporary folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from scintnode.phantoms import nm
+
+NMFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def nm_file(tmp_path: Path) -> NMFactory:
+    """Write a small synthetic pertechnetate NM image; keyword arguments override study/series/agent."""
+    counter = iter(range(1, 10_000))
+
+    def make(
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        agent: str = "pertechnetate",
+        patient_id: str = "SYN0001",
+        size: int = 64,
+    ) -> Path:
+        index = next(counter)
+        patient = nm.Patient(patient_id, "SYNTHETIC^PATIENT", date(1970, 1, 1), "F")
+        start = datetime(2026, 3, 2, 9, 0)
+        study = nm.StudyInfo(study_uid or generate_uid(), start, accession=f"SYN{index:05d}",
+                             description="NM thyroid (synthetic)")
+        rng = np.random.default_rng(index)
+        counts = rng.poisson(20, size=(1, size, size)).astype(np.uint16)
+        ds = nm.build_nm_image(
+            counts, patient=patient, study=study, series_uid=series_uid or generate_uid(), series_number=1,
+            series_description="THYROID ANT (synthetic)", agent=agent, views=("anterior",),
+            acquired=start + timedelta(minutes=20), injected=start, dose_mbq=80.0,
+            pixel_spacing_mm=(1.8, 1.8), body_part="THYROID",
+        )
+        return nm.save(ds, tmp_path / f"nm{index:04d}.dcm")
+
+    return make
