@@ -6,6 +6,7 @@ modality would (DCMTK storescu), waits for the results to land in Orthanc and pr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import tempfile
@@ -71,12 +72,13 @@ def main(argv: list[str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
 
     from scintnode.node import Node  # torch and the network load here
-    from scintnode.phantoms.thyroid import read_ground_truth, write_studies
+    from scintnode.phantoms.thyroid import write_studies
 
     print(f"scintnode demo — working in {workdir}")
     print("Writing SYNTHETIC 99mTc-pertechnetate thyroid studies (phantoms, not patients)...")
     truth_file = write_studies(workdir / "studies", per_class=args.per_class, seed=args.seed)
-    truth = read_ground_truth(truth_file)  # study UID -> class key
+    entries = json.loads(truth_file.read_text())["images"]
+    truth = {str(e["study_instance_uid"]): str(e["label"]) for e in entries}
     studies = _studies(workdir / "studies")
 
     pacs = OrthancServer(workdir / "pacs")

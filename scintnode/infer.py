@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.uid import generate_uid
 
 from scintnode.finding import Finding
 from scintnode.models.registry import Network
@@ -43,7 +44,10 @@ def run_network(network: Network, sources: Sequence[Dataset], outputs: Sequence[
     if "sr" in outputs:
         built.append(("sr", build_report(finding, sources)))
     if "sc" in outputs:
+        series_uid = generate_uid()  # all heatmaps of one job form one series
         for index in range(len(finding.heatmaps)):
-            built.append(("sc", build_heatmap_sc(finding, sources, index, instance_number=index + 1)))
+            built.append(
+                ("sc", build_heatmap_sc(finding, sources, index, series_uid=series_uid, instance_number=index + 1))
+            )
     total_ms = (time.perf_counter() - started) * 1000
     return JobResult(finding, tuple(built), finding.inference_ms, total_ms)

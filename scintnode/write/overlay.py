@@ -1,0 +1,111 @@
+"""Renders the human-viewable picture of a result: the heatmap over the grey image, with the text burned in.
+
+Called by write/sc.py; pure numpy/OpenCV, no DICOM here."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+# Text under ~13 px is unreadable on a PACS monitor, so small NM frames are scaled up until the text
+# banner is at least this wide.
+MIN_WIDTH_PX = 512
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_MAX_BLEND = 0.6  # a fully hot pixel keeps 40 % of the grey anatomy underneath
+_MARKER_RGB = (0, 255, 255)
+
+
+def render_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    lines: Sequence[str],
+    *,
+    markers: Sequence[tuple[float, float]] = (),
+) -> np.ndarray:
+    """RGB uint8 picture: a text banner on top, then ``image`` with ``heatmap`` blended in colour.
+
+    ``image`` and ``heatmap`` are float arrays (rows, cols) in 0..1 of the same shape. The picture is
+    scaled by an integer factor (nearest neighbour for the image, so counts stay visibly pixelated) until it
+    is at least MIN_WIDTH_PX wide. The text sits in its own black banner so it never hides anatomy.
+    ``markers`` are (column, row) points in DICOM image coordinates of ``image`` ((0, 0) is the top-left
+    corner of the top-left pixel, as in SR SCOORD), drawn as rings: the SR's hot spots.
+    Where the heatmap is 0 the grey image is unchanged.
+    """
+    grey, heat = _checked(image, heatmap)
+    if not lines:
+        raise ValueError("an overlay needs at least one line of text (class, score, 'AI result, unverified')")
+    scale = max(1, math.ceil(MIN_WIDTH_PX / grey.shape[1]))
+    size = (grey.shape[1] * scale, grey.shape[0] * scale)
+    grey_big = cv2.resize(grey, size, interpolation=cv2.INTER_NEAREST)
+    heat_big = np.clip(cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+    base = np.repeat((grey_big * 255.0 + 0.5).astype(np.uint8)[..., np.newaxis], 3, axis=2)
+    colour_bgr = cv2.applyColorMap((heat_big * 255.0 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
+    colour = cv2.cvtColor(colour_bgr, cv2.COLOR_BGR2RGB).astype(np.float32)
+    alpha = (_MAX_BLEND * heat_big)[..., np.newaxis]
+    picture = (base.astype(np.float32) * (1.0 - alpha) + colour * alpha + 0.5).astype(np.uint8)
+
+    for column, row in markers:
+        centre = (round(column * scale), round(row * scale))
+        cv2.circle(
+            picture,
+            centre,
+            max(6, 3 * scale),
+            _MARKER_RGB,
+            thickness=max(1, scale // 2),
+            lineType=cv2.LINE_AA,
+        )
+
+    return np.ascontiguousarray(np.concatenate([_banner(lines, picture.shape[1]), picture], axis=0))
+
+
+def _checked(image: np.ndarray, heatmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    grey = np.asarray(image, dtype=np.float32)
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if grey.ndim != 2 or 0 in grey.shape:
+        raise ValueError(f"display image must be 2-D (rows, cols), got shape {grey.shape}")
+    if heat.shape != grey.shape:
+        raise ValueError(f"heatmap shape {heat.shape} differs from display image shape {grey.shape}")
+    if not (np.isfinite(grey).all() and np.isfinite(heat).all()):
+        raise ValueError("display image and heatmap must be finite (no NaN or inf)")
+    return np.clip(grey, 0.0, 1.0), np.clip(heat, 0.0, 1.0)
+
+
+def _banner(lines: Sequence[str], width: int) -> np.ndarray:
+    """Black strip with white text, wrapped to ``width``; Hershey fonts are ASCII, so text is folded."""
+    font_scale = max(0.6, width / 850.0)
+    thickness = max(1, round(font_scale * 1.6))
+    margin = max(6, round(10 * font_scale))
+    (_, glyph_height), baseline = cv2.getTextSize("Ag", _FONT, font_scale, thickness)
+    line_height = glyph_height + baseline + max(4, round(6 * font_scale))
+    wrapped = [
+        part for line in lines for part in _wrap(_ascii(line), width - 2 * margin, font_scale, thickness)
+    ]
+    banner = np.zeros((len(wrapped) * line_height + margin, width, 3), dtype=np.uint8)
+    for index, text in enumerate(wrapped):
+        origin = (margin, margin // 2 + (index + 1) * line_height - baseline)
+        cv2.putText(banner, text, origin, _FONT, font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return banner
+
+
+def _wrap(text: str, width: int, font_scale: float, thickness: int) -> list[str]:
+    words = text.split()
+    if not words:
+        return [""]
+    out = [words[0]]
+    for word in words[1:]:
+        candidate = f"{out[-1]} {word}"
+        if cv2.getTextSize(candidate, _FONT, font_scale, thickness)[0][0] <= width:
+            out[-1] = candidate
+        else:
+            out.append(word)
+    return out
+
+
+def _ascii(text: str) -> str:
+    text = text.replace("\u2014", "-").replace("\u2013", "-").replace("\u2019", "'")
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")

@@ -1,0 +1,155 @@
+"""Writes the Grad-CAM heatmap of one source as an RGB Secondary Capture with the result burned in.
+
+The fallback every PACS can show (dicom-conventions.md §1.3, §4.3): sent beside the SR, never instead of it.
+
+Geometry: the picture is the source frame scaled by an integer factor with a text banner above it, so it is
+not a measuring surface. No Pixel Spacing is written (SC's Pixel Spacing is optional; a copied value would
+be wrong by the scale factor). Patient Orientation is kept, since scaling and the banner change neither
+direction: it is derived from the View Code of the frame shown, else copied from the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from scintnode.finding import Finding
+from scintnode.phantoms.nm import VIEWS
+from scintnode.write.overlay import render_overlay
+from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
+
+SC_SERIES_NUMBER = 9002
+UNVERIFIED = "AI result, unverified"
+SYNTHETIC = "synthetic-trained model - no clinical accuracy claimed"
+
+_ORIENTATION_BY_VIEW_CODE = {
+    code: view.orientation for view in VIEWS.values() for code in (view.term.sct, view.term.srt)
+}
+
+
+def build_heatmap_sc(
+    finding: Finding,
+    sources: Sequence[Dataset],
+    source_index: int,
+    *,
+    series_uid: str | None = None,
+    series_number: int = SC_SERIES_NUMBER,
+    instance_number: int = 1,
+    sop_instance_uid: str | None = None,
+) -> Dataset:
+    """The heatmap SC for ``sources[source_index]``, placed in the study of ``sources[0]``."""
+    check_inputs(finding, sources)
+    if not 0 <= source_index < len(sources):
+        raise ValueError(f"source_index {source_index} is outside 0..{len(sources) - 1}")
+    if len(finding.display_images) != len(sources) or len(finding.heatmaps) != len(sources):
+        raise ValueError(
+            f"the finding has {len(finding.display_images)} display image(s) and {len(finding.heatmaps)} "
+            f"heatmap(s) for {len(sources)} source(s); a heatmap SC needs one of each per source"
+        )
+    source = sources[source_index]
+    frame = finding.source_frames[source_index] if finding.source_frames else 1
+    image = finding.display_images[source_index]
+    picture = render_overlay(
+        image,
+        finding.heatmaps[source_index],
+        overlay_lines(finding, frame),
+        markers=_markers(finding, source_index, source, image.shape),
+    )
+    model = finding.model
+    orientation = patient_orientation(source, frame)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=sources[0],
+        pixel_array=picture,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.name,
+        software_versions=model.version,
+        # highdicom only takes single-letter orientations; the real value is set just below
+        patient_orientation=("L", "F"),
+        series_description=series_description("AI heatmap", model),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[contributing_equipment(model)],
+    )
+    sc.PatientOrientation = list(orientation) if orientation else None
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    reference.ReferencedFrameNumber = frame
+    reference.PurposeOfReferenceCodeSequence = [
+        hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
+    ]
+    sc.SourceImageSequence = [reference]
+    sc.BurnedInAnnotation = "YES"
+    synthetic = ", synthetic-trained" if model.trained_on_synthetic else ""
+    sc.DerivationDescription = (
+        f"{model.name} {model.version}{synthetic}: Grad-CAM heatmap over frame {frame} "
+        f"of {source.SOPInstanceUID}; result text burned in"
+    )[:1024]
+    return sc
+
+
+def overlay_lines(finding: Finding, frame: int) -> list[str]:
+    """The text burned into the SC: class and score first, the caveats always."""
+    model = finding.model
+    predicted = model.label(finding.predicted)
+    others = ", ".join(
+        f"{label.display} {100.0 * finding.probabilities[label.key]:.1f}%"
+        for label in model.labels
+        if label.key != finding.predicted
+    )
+    lines = [
+        f"{predicted.display}: {100.0 * finding.probabilities[finding.predicted]:.1f}%",
+        f"Others: {others}" if others else "",
+        f"{UNVERIFIED} - Grad-CAM heatmap, frame {frame}",
+        f"{model.title} v{model.version}",
+    ]
+    if model.trained_on_synthetic:
+        lines.append(SYNTHETIC)
+    return [line for line in lines if line]
+
+
+def patient_orientation(source: Dataset, frame: int) -> tuple[str, str] | None:
+    """Row and column directions of ``frame``: from its detector's View Code, else the source's own value."""
+    view_code = _view_code(source, frame)
+    if view_code in _ORIENTATION_BY_VIEW_CODE:
+        return _ORIENTATION_BY_VIEW_CODE[view_code]
+    copied = source.get("PatientOrientation")
+    if copied is not None and len(copied) == 2:
+        return (str(copied[0]), str(copied[1]))
+    return None
+
+
+def _view_code(source: Dataset, frame: int) -> str | None:
+    detectors = source.get("DetectorInformationSequence") or []
+    vector = source.get("DetectorVector")
+    # pydicom gives a single-valued element as a bare int, several as a list
+    vector = [vector] if isinstance(vector, int) else list(vector or [])
+    detector = int(vector[frame - 1]) if 0 < frame <= len(vector) else 1
+    for holder in (detectors[detector - 1] if 0 < detector <= len(detectors) else None, source):
+        views = holder.get("ViewCodeSequence") if holder is not None else None
+        if views:
+            return str(views[0].get("CodeValue", "")) or None
+    return None
+
+
+def _markers(
+    finding: Finding, source_index: int, source: Dataset, shape: tuple[int, ...]
+) -> list[tuple[float, float]]:
+    """Hot spots of this source, from source pixel space to display-image space."""
+    rows, columns = int(source.get("Rows", shape[0])), int(source.get("Columns", shape[1]))
+    frame = finding.source_frames[source_index] if finding.source_frames else 1
+    return [
+        (hotspot.column * shape[1] / columns, hotspot.row * shape[0] / rows)
+        for hotspot in finding.hotspots
+        if hotspot.source_index == source_index and hotspot.frame == frame
+    ]

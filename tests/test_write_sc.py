@@ -1,0 +1,123 @@
+"""Tests of the heatmap Secondary Capture writer and its overlay renderer on synthetic NM sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from scintnode.finding import Hotspot
+from scintnode.write import SC_SERIES_NUMBER, build_heatmap_sc, render_overlay
+from scintnode.write.overlay import MIN_WIDTH_PX
+from scintnode.write.sc import overlay_lines
+from tests.dicom_validation import LATERALITY_2C_LIMITATION, assert_dciodvfy_clean, dciodvfy_messages
+from tests.test_nm_header import study, thyroid_source, whole_body_source
+from tests.test_write_sr import hot_blob, round_trip, thyroid_finding
+
+SCALE = MIN_WIDTH_PX // 128  # the 128x128 thyroid source is drawn 4x
+
+
+@pytest.fixture(scope="module")
+def source() -> Dataset:
+    return thyroid_source()
+
+
+@pytest.fixture(scope="module")
+def sc(source: Dataset) -> Dataset:
+    return round_trip(build_heatmap_sc(thyroid_finding([source]), [source], 0))
+
+
+def test_sc_is_valid_apart_from_the_known_laterality_limitation(sc: Dataset) -> None:
+    assert_dciodvfy_clean(sc, allowed_errors=[LATERALITY_2C_LIMITATION])
+    assert LATERALITY_2C_LIMITATION in dciodvfy_messages(sc)  # still the validator, not us, if this changes
+
+
+def test_sc_is_rgb_8_bit_burned_in_and_in_the_source_study(sc: Dataset, source: Dataset) -> None:
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated) == ("RGB", 3, 8)
+    assert sc.pixel_array.dtype == np.uint8 and sc.pixel_array.shape == (sc.Rows, sc.Columns, 3)
+    assert sc.Columns == 128 * SCALE and sc.Rows > 128 * SCALE  # scaled up, banner on top
+    assert sc.BurnedInAnnotation == "YES"
+    assert "PixelSpacing" not in sc
+    assert list(sc.PatientOrientation) == ["L", "F"]
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber"):
+        assert sc[keyword].value == source[keyword].value, keyword
+    assert sc.SeriesNumber == SC_SERIES_NUMBER
+    assert sc.SeriesDescription.startswith("AI heatmap (unverified")
+    assert "synthetic" in sc.SeriesDescription
+    assert "thyroid-resnet34 0.1.0" in sc.DerivationDescription and "Grad-CAM" in sc.DerivationDescription
+
+
+def test_source_image_sequence_references_the_source_frame(sc: Dataset, source: Dataset) -> None:
+    (reference,) = sc.SourceImageSequence
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert reference.ReferencedSOPClassUID == source.SOPClassUID
+    assert reference.ReferencedFrameNumber == 1
+    purpose = reference.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
+
+
+def test_overlay_changes_pixels_where_the_heatmap_is_hot_and_nowhere_else(source: Dataset) -> None:
+    hot = build_heatmap_sc(thyroid_finding([source]), [source], 0).pixel_array.astype(int)
+    cold = build_heatmap_sc(thyroid_finding([source], zero_heatmap=True), [source], 0).pixel_array.astype(int)
+    assert hot.shape == cold.shape
+    banner = hot.shape[0] - 128 * SCALE
+    difference = np.abs(hot - cold).sum(axis=2)[banner:]
+    heat = np.kron(hot_blob((128, 128), 50.5, 64.5), np.ones((SCALE, SCALE)))
+    # 20 display pixels off the peak: clear of the hot-spot ring, still hot
+    assert difference[64 * SCALE, 50 * SCALE + 20] > 100
+    assert (difference[heat < 1e-4] == 0).all()
+    assert np.array_equal(hot[:banner], cold[:banner])
+    grey = cold[banner:]
+    assert (grey[..., 0] == grey[..., 1]).mean() > 0.99  # a zero heatmap leaves the image grey
+
+
+def test_text_names_class_score_and_caveats(source: Dataset) -> None:
+    lines = overlay_lines(thyroid_finding([source]), frame=1)
+    assert lines[0] == "Graves' disease: 81.2%"
+    assert any("AI result, unverified" in line for line in lines)
+    assert any("synthetic-trained model" in line for line in lines)
+    assert not any(
+        "synthetic" in line for line in overlay_lines(thyroid_finding([source], synthetic=False), 1)
+    )
+    sc = build_heatmap_sc(thyroid_finding([source]), [source], 0)
+    banner = sc.pixel_array[: sc.Rows - 128 * SCALE]
+    assert (banner == 255).all(axis=2).sum() > 500  # white text was drawn
+
+
+def test_whole_body_posterior_frame_gets_its_own_orientation_and_frame_reference() -> None:
+    wb = whole_body_source()
+    finding = thyroid_finding([wb], frames=[2], hotspots=(Hotspot(0, 2, 50.5, 64.5, 0.9, "Grad-CAM peak"),))
+    sc = round_trip(build_heatmap_sc(finding, [wb], 0))
+    assert_dciodvfy_clean(sc, allowed_errors=[LATERALITY_2C_LIMITATION])
+    assert list(sc.PatientOrientation) == ["R", "F"]
+    assert sc.SourceImageSequence[0].ReferencedFrameNumber == 2
+    assert sc.Columns >= MIN_WIDTH_PX
+
+
+def test_sc_of_an_input_from_another_study_still_goes_into_the_first_source_study() -> None:
+    current = thyroid_source(study("ACC-CURRENT"))
+    earlier = thyroid_source(study("ACC-EARLIER"), views=("LAO",))
+    sc = round_trip(build_heatmap_sc(thyroid_finding([current, earlier]), [current, earlier], 1))
+    assert_dciodvfy_clean(sc, allowed_errors=[LATERALITY_2C_LIMITATION])
+    assert sc.StudyInstanceUID == current.StudyInstanceUID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == earlier.SOPInstanceUID
+    assert list(sc.PatientOrientation) == ["LP", "F"]
+
+
+def test_bad_requests_get_a_clear_message(source: Dataset) -> None:
+    finding = thyroid_finding([source])
+    with pytest.raises(ValueError, match="source_index 1 is outside"):
+        build_heatmap_sc(finding, [source], 1)
+    with pytest.raises(ValueError, match="heatmap shape"):
+        render_overlay(np.zeros((8, 8)), np.zeros((8, 9)), ["x"])
+    with pytest.raises(ValueError, match="at least one line"):
+        render_overlay(np.zeros((8, 8)), np.zeros((8, 8)), [])
+
+
+def test_render_overlay_scales_small_images_and_survives_non_ascii_text() -> None:
+    picture = render_overlay(
+        np.full((64, 32), 0.5), np.zeros((64, 32)), ["Basedow\u2019s disease \u2014 92 %"]
+    )
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    assert picture.shape[1] == MIN_WIDTH_PX and picture.shape[0] > 64 * MIN_WIDTH_PX // 32
