@@ -55,15 +55,11 @@ def next_deadline(session: Session, settings: CompletionSettings) -> dt.datetime
 def collect_ready(session: Session, now: dt.datetime, settings: CompletionSettings) -> list[ReadyUnit]:
     """Units complete at `now` whose instances have not been routed yet; marks their series complete."""
     units: list[ReadyUnit] = []
-    pending = session.scalars(
-        select(Instance).where(Instance.routed_at.is_(None)).order_by(Instance.received_at)
-    ).all()
+    pending = session.scalars(select(Instance).where(Instance.routed_at.is_(None)).order_by(Instance.received_at)).all()
     by_series: dict[str, list[Instance]] = {}
     for instance in pending:
         if settings.nm_object_complete_on_arrival and is_nm_object(instance.sop_class_uid, instance.modality):
-            units.append(
-                ReadyUnit(instance.study_uid, instance.series_uid, (instance.sop_instance_uid,), NM_OBJECT)
-            )
+            units.append(ReadyUnit(instance.study_uid, instance.series_uid, (instance.sop_instance_uid,), NM_OBJECT))
             series = session.get(Series, instance.series_uid)
             if series is not None and series.completed_at is None:
                 series.completed_at, series.completed_by = now, NM_OBJECT
@@ -79,7 +75,5 @@ def collect_ready(session: Session, now: dt.datetime, settings: CompletionSettin
             if layer is None:
                 continue
             series.completed_at, series.completed_by = now, layer
-        units.append(
-            ReadyUnit(series.study_uid, series_uid, tuple(i.sop_instance_uid for i in instances), layer)
-        )
+        units.append(ReadyUnit(series.study_uid, series_uid, tuple(i.sop_instance_uid for i in instances), layer))
     return units

@@ -6,20 +6,18 @@ modality would (DCMTK storescu), waits for the results to land in Orthanc and pr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
 from sqlalchemy import select
 
-from scintnode.config import Destination, Settings
+from scintnode.config import Settings
 from scintnode.db import Job
+from scintnode.demo_cases import CASES, DemoStudy
 from scintnode.orthanc import OrthancServer, OrthancUnavailable
 from scintnode.serve_cli import configure_logging
 from scintnode.storescu import send_files
@@ -29,32 +27,22 @@ log = logging.getLogger("scintnode.demo")
 
 @dataclass
 class StudyOutcome:
-    study_uid: str
-    truth: str
+    case: DemoStudy
     predicted: str = ""
     probabilities: dict[str, float] | None = None
-    sr_series: str = ""
-    sc_series: str = ""
+    result_series: tuple[str, ...] = ()
     seconds_to_result: float | None = None
     inference_ms: float | None = None
     error: str = ""
 
 
-def _studies(folder: Path) -> dict[str, list[Path]]:
-    studies: dict[str, list[Path]] = defaultdict(list)
-    for path in sorted(folder.rglob("*.dcm")):
-        studies[str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)].append(path)
-    return studies
-
-
-def _wait_for_results(pacs: OrthancServer, study_uid: str, deadline: float) -> tuple[str, str] | None:
-    """Poll the PACS until the study holds an SR series and an SC (OT) series from the node."""
+def _wait_for_results(pacs: OrthancServer, case: DemoStudy, deadline: float) -> tuple[str, ...] | None:
+    """Poll the PACS until the study holds a series of every result modality the case expects."""
     while time.monotonic() < deadline:
-        series = pacs.series_of_study(study_uid)
-        sr = [s for s in series if s.modality == "SR" and s.instance_ids]
-        sc = [s for s in series if s.modality == "OT" and s.instance_ids]
-        if sr and sc:
-            return sr[0].orthanc_id, sc[0].orthanc_id
+        series = [s for s in pacs.series_of_study(case.result_study_uid) if s.instance_ids]
+        found = {s.modality: s.orthanc_id for s in series if s.modality in case.result_modalities}
+        if set(found) == set(case.result_modalities):
+            return tuple(f"{m} {found[m]}" for m in sorted(found))
         time.sleep(0.05)
     return None
 
@@ -62,6 +50,7 @@ def _wait_for_results(pacs: OrthancServer, study_uid: str, deadline: float) -> t
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scintnode demo", description=__doc__)
     parser.add_argument("--per-class", type=int, default=2, help="synthetic studies per class (default 2)")
+    parser.add_argument("--network", action="append", choices=sorted(CASES), help="only these networks (default: all)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--workdir", type=Path, help="where studies, spool and PACS storage go (default: temp)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each study's results")
@@ -71,15 +60,13 @@ def main(argv: list[str]) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scintnode-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
-    from scintnode.node import Node  # torch and the network load here
-    from scintnode.phantoms.thyroid import write_studies
+    from scintnode.node import Node  # torch and the networks load here
 
     print(f"scintnode demo — working in {workdir}")
-    print("Writing SYNTHETIC 99mTc-pertechnetate thyroid studies (phantoms, not patients)...")
-    truth_file = write_studies(workdir / "studies", per_class=args.per_class, seed=args.seed)
-    entries = json.loads(truth_file.read_text())["images"]
-    truth = {str(e["study_instance_uid"]): str(e["label"]) for e in entries}
-    studies = _studies(workdir / "studies")
+    cases: list[DemoStudy] = []
+    for network in args.network or sorted(CASES):
+        print(f"Writing SYNTHETIC studies for {network} (phantoms, not patients)...")
+        cases += CASES[network](workdir / "studies" / network, args.per_class, args.seed)
 
     pacs = OrthancServer(workdir / "pacs")
     try:
@@ -93,28 +80,35 @@ def main(argv: list[str]) -> int:
             "storage": {"root": str(workdir / "node")},
             "completion": {"release_quiet_seconds": 0.5, "long_quiet_seconds": 30},
             "dispatch": {"poll_seconds": 0.5, "base_delay_seconds": 1},
-            "destinations": {"pacs": Destination(ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.dicom_port)},
+            "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}},
         }
     )
     node = Node(settings)
     outcomes: list[StudyOutcome] = []
     try:
         node.start()
-        print(f"Node SCINTNODE on port {node.port}; PACS (Orthanc {pacs.get('/system')['Version']}) "
-              f"DICOM port {pacs.dicom_port}, REST {pacs.url}")
-        for study_uid, files in studies.items():
-            outcome = StudyOutcome(study_uid, truth.get(study_uid, "?"))
+        print(
+            f"Node SCINTNODE on port {node.port}; PACS (Orthanc {pacs.get('/system')['Version']}) "
+            f"DICOM port {pacs.dicom_port}, REST {pacs.url}"
+        )
+        for case in cases:
+            outcome = StudyOutcome(case)
             outcomes.append(outcome)
+            for files in case.associations:
+                send_files(list(files), "127.0.0.1", node.port, settings.node.ae_title)
             sent_at = time.monotonic()
-            send_files(files, "127.0.0.1", node.port, settings.node.ae_title)
-            found = _wait_for_results(pacs, study_uid, time.monotonic() + args.timeout)
+            found = _wait_for_results(pacs, case, time.monotonic() + args.timeout)
             if found is None:
-                outcome.error = "no SR and SC in the PACS before the timeout"
+                outcome.error = f"no {'+'.join(sorted(case.result_modalities))} in the PACS before the timeout"
             else:
                 outcome.seconds_to_result = time.monotonic() - sent_at
-                outcome.sr_series, outcome.sc_series = found
+                outcome.result_series = found
             with node.db.session() as session:
-                job = session.scalars(select(Job).where(Job.study_uid == study_uid)).first()
+                job = session.scalars(
+                    select(Job)
+                    .where(Job.study_uid == case.result_study_uid, Job.network == case.network)
+                    .order_by(Job.id.desc())
+                ).first()
                 if job is not None and job.result:
                     outcome.predicted = str(job.result["predicted"])
                     outcome.probabilities = dict(job.result["probabilities"])
@@ -131,22 +125,30 @@ def main(argv: list[str]) -> int:
 
 def _report(outcomes: list[StudyOutcome]) -> int:
     print()
-    print("Results (model trained on SYNTHETIC phantoms; not a clinical result):")
+    print("Results (models trained on SYNTHETIC phantoms; not clinical results):")
     for o in outcomes:
+        head = f"  {o.case.network:<18} study {o.case.result_study_uid}"
         if o.error:
-            print(f"  study {o.study_uid}: MISSING — {o.error}")
+            print(f"{head}: MISSING — {o.error}")
             continue
         probs = ", ".join(f"{k} {v * 100:.1f}%" for k, v in (o.probabilities or {}).items())
-        print(f"  study {o.study_uid}")
-        print(f"    synthetic truth {o.truth:<22} predicted {o.predicted:<22} [{probs}]")
-        print(f"    SR in PACS series {o.sr_series}, SC in PACS series {o.sc_series}; "
-              f"{o.seconds_to_result:.2f} s from send to both stored (inference {o.inference_ms or 0:.0f} ms)")
+        print(head)
+        print(f"    synthetic truth {o.case.truth:<22} predicted {o.predicted:<22} [{probs}]")
+        print(
+            f"    in the PACS: {'; '.join(o.result_series)} — {o.seconds_to_result:.2f} s from the last "
+            f"instance sent (inference {o.inference_ms or 0:.0f} ms)"
+        )
     done = [o for o in outcomes if not o.error]
-    correct = sum(o.predicted == o.truth for o in done)
+    correct = sum(o.predicted == o.case.truth for o in done)
     times = [o.seconds_to_result for o in done if o.seconds_to_result is not None]
     print()
-    print(f"{len(done)}/{len(outcomes)} studies have SR and SC in the PACS; "
-          f"{correct}/{len(done)} predictions agree with the synthetic truth.")
+    print(
+        f"{len(done)}/{len(outcomes)} studies have their results in the PACS; "
+        f"{correct}/{len(done)} predictions agree with the synthetic truth."
+    )
     if times:
-        print(f"Time from send to results stored: median {statistics.median(times):.2f} s, max {max(times):.2f} s")
+        print(
+            f"Time from the last instance sent to all results stored: median {statistics.median(times):.2f} s, "
+            f"max {max(times):.2f} s"
+        )
     return 0 if len(done) == len(outcomes) and outcomes else 1

@@ -36,9 +36,7 @@ class Node:
         self.dispatcher = Dispatcher(
             self.db, self.spool.root, settings.destinations, settings.dispatch, settings.node.ae_title
         )
-        self.pipeline = Pipeline(
-            self.db, self.spool, settings, lambda: self.rule_set, self.registry, self.dispatcher
-        )
+        self.pipeline = Pipeline(self.db, self.spool, settings, lambda: self.rule_set, self.registry, self.dispatcher)
         self.receiver = Receiver(self.db, self.spool, settings.node, on_change=self.wake)
         self.housekeeping = Housekeeping()
         self._wake = threading.Event()
@@ -53,8 +51,12 @@ class Node:
         self._wake.set()
 
     def start(self) -> None:
-        log.info("rule set %s: %d rule(s) from %s", self.rule_set.version[:12], len(self.rule_set.rules),
-                 self.settings.rules_dir)
+        log.info(
+            "rule set %s: %d rule(s) from %s",
+            self.rule_set.version[:12],
+            len(self.rule_set.rules),
+            self.settings.rules_dir,
+        )
         self.pipeline.recover()
         completion = self.settings.completion
         tick = max(0.2, min(completion.release_quiet_seconds, completion.long_quiet_seconds) / 2)

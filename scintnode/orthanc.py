@@ -134,9 +134,7 @@ class OrthancServer:
             return data
 
     def series_of_study(self, study_uid: str) -> list[SeriesInPacs]:
-        found = self.post(
-            "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}
-        )
+        found = self.post("/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True})
         return [
             SeriesInPacs(
                 orthanc_id=item["ID"],

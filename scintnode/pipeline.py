@@ -73,19 +73,28 @@ class Pipeline:
                     decisions = rule_set.evaluate(header)
                 except (OSError, ValueError, TypeError, AttributeError) as exc:
                     log.error("series %s cannot be routed: %s", unit.series_uid, exc)
-                    self.db.record_event(session, unit.study_uid, "unroutable", series_uid=unit.series_uid,
-                                         error=str(exc))
+                    self.db.record_event(
+                        session, unit.study_uid, "unroutable", series_uid=unit.series_uid, error=str(exc)
+                    )
                     continue
                 self.db.record_event(
-                    session, unit.study_uid, "complete", series_uid=unit.series_uid, layer=unit.layer,
+                    session,
+                    unit.study_uid,
+                    "complete",
+                    series_uid=unit.series_uid,
+                    layer=unit.layer,
                     instances=len(present),
                 )
                 matched = [d for d in decisions if d.matched]
                 if not matched:
                     log.info("series %s complete (%s): no rule matched", unit.series_uid, unit.layer)
                     self.db.record_event(
-                        session, unit.study_uid, "unmatched", series_uid=unit.series_uid,
-                        ruleset_version=rule_set.version, rules=[d.rule.name for d in decisions],
+                        session,
+                        unit.study_uid,
+                        "unmatched",
+                        series_uid=unit.series_uid,
+                        ruleset_version=rule_set.version,
+                        rules=[d.rule.name for d in decisions],
                     )
                 for decision in matched:
                     rule = decision.rule
@@ -107,8 +116,14 @@ class Pipeline:
                         )
                         created += 1
                     self.db.record_event(
-                        session, unit.study_uid, "matched", series_uid=unit.series_uid, rule=rule.name,
-                        network=rule.network, ruleset_version=rule_set.version, trace=list(decision.trace),
+                        session,
+                        unit.study_uid,
+                        "matched",
+                        series_uid=unit.series_uid,
+                        rule=rule.name,
+                        network=rule.network,
+                        ruleset_version=rule_set.version,
+                        trace=list(decision.trace),
                         duplicate=exists is not None,
                     )
                     log.info("series %s matched rule %r -> %s", unit.series_uid, rule.name, rule.network)
@@ -144,15 +159,21 @@ class Pipeline:
         for kind, ds in result.outputs:
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
-            stored.append((kind, ds, self.spool.store_output(buffer.getvalue(), ds.StudyInstanceUID, ds.SOPInstanceUID)))
+            stored.append(
+                (kind, ds, self.spool.store_output(buffer.getvalue(), ds.StudyInstanceUID, ds.SOPInstanceUID))
+            )
         finding = result.finding
         with self.db.session() as session:
             job = session.get(Job, job_id)
             assert job is not None
             for kind, ds, file in stored:
                 output = Output(
-                    sop_instance_uid=str(ds.SOPInstanceUID), job_id=job_id, sop_class_uid=str(ds.SOPClassUID),
-                    kind=kind, study_uid=str(ds.StudyInstanceUID), path=file.path,
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    job_id=job_id,
+                    sop_class_uid=str(ds.SOPClassUID),
+                    kind=kind,
+                    study_uid=str(ds.StudyInstanceUID),
+                    path=file.path,
                 )
                 session.add(output)
                 session.flush()
@@ -170,17 +191,31 @@ class Pipeline:
             }
             spec = finding.model
             self.db.record_event(
-                session, job.study_uid, "inferred", job=job_id, network=spec.name, version=spec.version,
-                weights_sha256=spec.weights_sha256, predicted=finding.predicted,
-                inference_ms=round(result.inference_ms, 1), total_ms=round(result.total_ms, 1),
+                session,
+                job.study_uid,
+                "inferred",
+                job=job_id,
+                network=spec.name,
+                version=spec.version,
+                weights_sha256=spec.weights_sha256,
+                predicted=finding.predicted,
+                inference_ms=round(result.inference_ms, 1),
+                total_ms=round(result.total_ms, 1),
             )
             self.db.record_event(
-                session, job.study_uid, "written", job=job_id,
+                session,
+                job.study_uid,
+                "written",
+                job=job_id,
                 outputs=[{"kind": k, "sop_instance_uid": str(d.SOPInstanceUID)} for k, d, _ in stored],
             )
         log.info(
             "job %d (%s) done: %s, inference %.0f ms, total %.0f ms",
-            job_id, network_name, finding.predicted, result.inference_ms, result.total_ms,
+            job_id,
+            network_name,
+            finding.predicted,
+            result.inference_ms,
+            result.total_ms,
         )
         return True
 

@@ -268,8 +268,12 @@ class Receiver:
                     header.sop_instance_uid,
                 )
                 self.db.record_event(
-                    session, header.study_uid, "replaced", sop_instance_uid=header.sop_instance_uid,
-                    old_sha256=existing.sha256, new_sha256=sha256,
+                    session,
+                    header.study_uid,
+                    "replaced",
+                    sop_instance_uid=header.sop_instance_uid,
+                    old_sha256=existing.sha256,
+                    new_sha256=sha256,
                 )
                 existing.path, existing.sha256, existing.size = path, sha256, size
                 existing.received_at, existing.routed_at = now, None

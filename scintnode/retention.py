@@ -35,9 +35,7 @@ def purge_expired(db: Database, spool: Spool, retention_days: float, now: dt.dat
             spool.remove(instance.path)
             instance.path = PURGED
             removed += 1
-        for output in session.scalars(
-            select(Output).where(Output.created_at < cutoff, Output.path != PURGED)
-        ):
+        for output in session.scalars(select(Output).where(Output.created_at < cutoff, Output.path != PURGED)):
             open_deliveries = session.scalar(
                 select(Delivery.id).where(
                     Delivery.sop_instance_uid == output.sop_instance_uid, Delivery.state == "pending"

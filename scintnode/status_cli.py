@@ -30,16 +30,15 @@ def main(argv: list[str]) -> int:
         print(f"Open series (waiting for completion): {len(open_series)}")
         for s in open_series:
             released = "released" if s.released_at else "association open or aborted"
-            print(f"  {s.series_uid}  {s.modality:<3} {s.instance_count:>5} inst  last {s.last_received_at:%Y-%m-%d %H:%M:%S}  {released}")
+            last = f"{s.last_received_at:%Y-%m-%d %H:%M:%S}"
+            print(f"  {s.series_uid}  {s.modality:<3} {s.instance_count:>5} inst  last {last}  {released}")
         counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
         print("Jobs: " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none"))
         for job in session.scalars(select(Job).order_by(Job.id.desc()).limit(args.limit)):
             result = job.result or {}
             what = result.get("predicted", job.error[:60] if job.error else "")
             print(f"  #{job.id:<5} {job.state:<8} {job.network:<18} rule {job.rule_name:<20} {what}")
-        queue = dict(
-            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).tuples().all()
-        )
+        queue = dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).tuples().all())
         print("Deliveries: " + (", ".join(f"{state} {n}" for state, n in sorted(queue.items())) or "none"))
     db.dispose()
     return 0

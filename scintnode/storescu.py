@@ -19,7 +19,11 @@ class SendFailed(RuntimeError):
 
 
 def send_files(
-    files: Sequence[Path], host: str, port: int, called_ae: str, calling_ae: str = "SCINTCAM",
+    files: Sequence[Path],
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str = "SCINTCAM",
     prefer_dcmtk: bool = True,
 ) -> None:
     """Send all files over one association; raise SendFailed unless every one was stored."""
@@ -28,7 +32,11 @@ def send_files(
         env = {**os.environ, "TCP_NODELAY": "1"}  # DCMTK stalls ~40 ms per instance without it
         result = subprocess.run(
             [storescu, "-R", "-aet", calling_ae, "-aec", called_ae, host, str(port), *map(str, files)],
-            capture_output=True, text=True, env=env, timeout=600, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+            check=False,
         )
         if result.returncode != 0:
             raise SendFailed(f"storescu exited {result.returncode}: {result.stderr.strip()[-1000:]}")

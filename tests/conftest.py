@@ -30,15 +30,25 @@ def nm_file(tmp_path: Path) -> NMFactory:
         index = next(counter)
         patient = nm.Patient(patient_id, "SYNTHETIC^PATIENT", date(1970, 1, 1), "F")
         start = datetime(2026, 3, 2, 9, 0)
-        study = nm.StudyInfo(study_uid or generate_uid(), start, accession=f"SYN{index:05d}",
-                             description="NM thyroid (synthetic)")
+        study = nm.StudyInfo(
+            study_uid or generate_uid(), start, accession=f"SYN{index:05d}", description="NM thyroid (synthetic)"
+        )
         rng = np.random.default_rng(index)
         counts = rng.poisson(20, size=(1, size, size)).astype(np.uint16)
         ds = nm.build_nm_image(
-            counts, patient=patient, study=study, series_uid=series_uid or generate_uid(), series_number=1,
-            series_description="THYROID ANT (synthetic)", agent=agent, views=("anterior",),
-            acquired=start + timedelta(minutes=20), injected=start, dose_mbq=80.0,
-            pixel_spacing_mm=(1.8, 1.8), body_part="THYROID",
+            counts,
+            patient=patient,
+            study=study,
+            series_uid=series_uid or generate_uid(),
+            series_number=1,
+            series_description="THYROID ANT (synthetic)",
+            agent=agent,
+            views=("anterior",),
+            acquired=start + timedelta(minutes=20),
+            injected=start,
+            dose_mbq=80.0,
+            pixel_spacing_mm=(1.8, 1.8),
+            body_part="THYROID",
         )
         return nm.save(ds, tmp_path / f"nm{index:04d}.dcm")
 

@@ -26,9 +26,7 @@ SETTINGS = CompletionSettings(release_quiet_seconds=2, long_quiet_seconds=60)
         (-5, 10, None),  # released before the last instance arrived (another association): not this layer
     ],
 )
-def test_series_completion_layer(
-    released_after: float | None, now_after: float, expected: str | None
-) -> None:
+def test_series_completion_layer(released_after: float | None, now_after: float, expected: str | None) -> None:
     released = None if released_after is None else T0 + dt.timedelta(seconds=released_after)
     assert series_completion_layer(T0, released, T0 + dt.timedelta(seconds=now_after), SETTINGS) == expected
 

@@ -9,7 +9,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,15 +29,7 @@ from scintnode.phantoms.thyroid import write_studies
 from scintnode.storescu import send_files
 from tests.dicom_validation import assert_dciodvfy_clean, assert_dsrdump_parses
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        shutil.which("storescu") is None
-        or not Path("/usr/sbin/Orthanc").exists()
-        and shutil.which("Orthanc") is None,
-        reason="DCMTK and Orthanc are installed by .ci/run",
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 # dciodvfy cannot evaluate "Laterality required if the body part is paired" on an SC (dicom-conventions 2.b)
 SC_VALIDATOR_LIMITATION = "Missing attribute Type 2C Conditional Element=<Laterality> Module=<GeneralSeries>"
@@ -78,9 +69,7 @@ def test_thyroid_study_through_the_node_process_into_orthanc(
             {
                 "node": {"port": 0, "bind_address": "127.0.0.1", "allowed_callers": ["SCINTCAM"]},
                 "storage": {"root": "spool"},
-                "destinations": {
-                    "pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}
-                },
+                "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}},
             }
         )
     )
@@ -148,9 +137,7 @@ def test_results_survive_a_pacs_outage_across_a_node_restart(
             "storage": {"root": str(tmp_path / "spool")},
             "dispatch": {"poll_seconds": 0.2, "base_delay_seconds": 0.2, "max_delay_seconds": 1},
             "destinations": {
-                "pacs": Destination(
-                    ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.dicom_port, timeout_seconds=2
-                )
+                "pacs": Destination(ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.dicom_port, timeout_seconds=2)
             },
         }
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -30,8 +29,6 @@ from scintnode.receive import (
 from scintnode.spool import Spool
 from tests.conftest import NMFactory
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is installed by .ci/run")
-
 
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Receiver]:
@@ -48,7 +45,11 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
 def storescu(port: int, *files: Path, calling: str = "GOODCAM") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["storescu", "-R", "-aet", calling, "-aec", "SCINTNODE", "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        timeout=60,
+        check=False,
     )
 
 
@@ -123,8 +124,13 @@ def test_caller_not_on_the_allow_list_is_refused(receiver: Receiver, nm_file: NM
     result = storescu(receiver.port, nm_file(), calling="STRANGER")
     assert result.returncode != 0
     assert "Rejected" in result.stderr or "rejected" in result.stderr.lower()
-    echo = subprocess.run(["echoscu", "-aet", "GOODCAM", "-aec", "SCINTNODE", "127.0.0.1", str(receiver.port)],
-                          capture_output=True, text=True, timeout=30, check=False)
+    echo = subprocess.run(
+        ["echoscu", "-aet", "GOODCAM", "-aec", "SCINTNODE", "127.0.0.1", str(receiver.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert echo.returncode == 0, echo.stderr
     with receiver.db.session() as session:
         assert session.scalars(select(Instance)).all() == []
@@ -142,8 +148,7 @@ def test_sop_class_that_does_not_match_the_request_is_refused(nm_file: NMFactory
     assert caught.value.status == DATASET_MISMATCH
 
 
-def test_truncated_header_is_refused(receiver: Receiver, nm_file: NMFactory,
-                                                          tmp_path: Path) -> None:
+def test_truncated_header_is_refused(receiver: Receiver, nm_file: NMFactory, tmp_path: Path) -> None:
     ds = dcmread(nm_file())
     ds.StudyDate = "20260302"
     bad = tmp_path / "broken.dcm"
