@@ -85,7 +85,7 @@ class Pipeline:
                     layer=unit.layer,
                     instances=len(present),
                 )
-                matched = [d for d in decisions if d.matched]
+                matched = [d for d in decisions if d.fires]
                 if not matched:
                     log.info("series %s complete (%s): no rule matched", unit.series_uid, unit.layer)
                     self.db.record_event(
