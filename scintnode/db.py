@@ -86,6 +86,9 @@ class Job(Base):
     outputs: Mapped[list[str]] = mapped_column(JSON)  # e.g. ["sr", "sc"]
     destinations: Mapped[list[str]] = mapped_column(JSON)
     inputs: Mapped[list[str]] = mapped_column(JSON)  # SOP Instance UIDs
+    slots: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # episode slot of each input
+    episode_id: Mapped[int | None] = mapped_column(ForeignKey("episodes.id"), nullable=True, index=True)
+    supersedes_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # its SR becomes a predecessor
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|running|done|failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -95,6 +98,42 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Episode(Base):
+    """Inputs of one network gathered across series, studies and days for one patient (a rule's `episode`)."""
+
+    __tablename__ = "episodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule_name: Mapped[str] = mapped_column(String(128), index=True)
+    join_key: Mapped[str] = mapped_column(String(160), index=True)  # Patient ID + Issuer of Patient ID
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open | ran | gave-up
+    ruleset_version: Mapped[str] = mapped_column(String(64))
+    first_acquired_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    deadline_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    deadline_reported: Mapped[bool] = mapped_column(default=False)
+    last_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class EpisodeMember(Base):
+    """One instance in one slot of an episode; `unit` groups the instances of one input (an NM object or series)."""
+
+    __tablename__ = "episode_members"
+    __table_args__ = (UniqueConstraint("episode_id", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("episodes.id"), index=True)
+    slot: Mapped[str] = mapped_column(String(32))
+    unit: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    acquired_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)  # what the episode's constraints read from it
+    added_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Output(Base):

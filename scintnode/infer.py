@@ -4,6 +4,7 @@ Takes values and returns values (datasets in, datasets out); the pipeline does t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,23 +32,65 @@ class JobResult:
     total_ms: float
 
 
-def run_network(network: Network, sources: Sequence[Dataset], outputs: Sequence[str]) -> JobResult:
+def run_network(
+    network: Network,
+    sources: Sequence[Dataset],
+    outputs: Sequence[str],
+    *,
+    slots: Sequence[str] | None = None,
+    result_study_uid: str | None = None,
+    predecessors: Sequence[Dataset] = (),
+) -> JobResult:
+    """Run `network`; with `slots` (an episode) the network gets each input's slot name too.
+
+    Results go into `result_study_uid` (default: the first source's study); inputs from other studies
+    are referenced as other evidence; `predecessors` are earlier SRs the new one supersedes."""
     started = time.perf_counter()
     unknown = [kind for kind in outputs if kind not in KNOWN_OUTPUTS]
     if unknown:
         raise InputError(f"unknown output kind(s) {unknown}; known: {', '.join(KNOWN_OUTPUTS)}")
     try:
-        finding = network.run(sources)
+        if slots is not None:
+            run_episode = getattr(network, "run_episode", None)
+            if run_episode is None:
+                raise InputError(f"{network.spec.name} takes single inputs, not an episode's slots")
+            finding: Finding = run_episode(slots, sources)
+        else:
+            finding = network.run(sources)
     except (ValueError, NotImplementedError, AttributeError, KeyError) as exc:
         raise InputError(f"{network.spec.name} cannot use these images: {exc}") from exc
+    finding, ordered = _result_study_first(finding, sources, result_study_uid)
     built: list[tuple[str, Dataset]] = []
     if "sr" in outputs:
-        built.append(("sr", build_report(finding, sources)))
+        built.append(("sr", build_report(finding, ordered, predecessors=predecessors)))
     if "sc" in outputs:
         series_uid = generate_uid()  # all heatmaps of one job form one series
         for index in range(len(finding.heatmaps)):
             built.append(
-                ("sc", build_heatmap_sc(finding, sources, index, series_uid=series_uid, instance_number=index + 1))
+                ("sc", build_heatmap_sc(finding, ordered, index, series_uid=series_uid, instance_number=index + 1))
             )
     total_ms = (time.perf_counter() - started) * 1000
     return JobResult(finding, tuple(built), finding.inference_ms, total_ms)
+
+
+def _result_study_first(
+    finding: Finding, sources: Sequence[Dataset], study_uid: str | None
+) -> tuple[Finding, list[Dataset]]:
+    """Reorder the sources so those of the result study come first (the writers place results in the study of
+    the first source), and renumber everything in the finding that points at a source."""
+    order = sorted(range(len(sources)), key=lambda i: (str(sources[i].StudyInstanceUID) != (study_uid or ""), i))
+    if study_uid is None or order == list(range(len(sources))):
+        return finding, list(sources)
+    new_index = {old: new for new, old in enumerate(order)}
+
+    def permuted(values: tuple[object, ...]) -> tuple[object, ...]:
+        return tuple(values[old] for old in order if old < len(values))
+
+    moved = dataclasses.replace(
+        finding,
+        hotspots=tuple(dataclasses.replace(h, source_index=new_index[h.source_index]) for h in finding.hotspots),
+        display_images=permuted(finding.display_images),  # type: ignore[arg-type]
+        heatmaps=permuted(finding.heatmaps),  # type: ignore[arg-type]
+        source_frames=permuted(finding.source_frames),  # type: ignore[arg-type]
+    )
+    return moved, [sources[i] for i in order]

@@ -5,6 +5,7 @@ runs one job and commits its outputs together with their deliveries, so a crash 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable
@@ -12,13 +13,16 @@ from io import BytesIO
 
 from pydicom import Dataset, dcmread
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from scintnode.assemble import collect_ready
+from scintnode.assemble import NM_OBJECT, ReadyUnit, collect_ready
 from scintnode.config import Settings
 from scintnode.db import Database, Instance, Job, Output, utcnow
+from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
 from scintnode.infer import InputError, run_network
 from scintnode.models.registry import Registry, UnknownNetwork
 from scintnode.route import RuleSet
+from scintnode.route.facts import derive_facts
 from scintnode.send import Dispatcher
 from scintnode.spool import Spool
 
@@ -47,6 +51,7 @@ class Pipeline:
         self.rules = rules
         self.registry = registry
         self.dispatcher = dispatcher
+        self.episodes = EpisodeKeeper(db)
 
     def recover(self) -> int:
         """Jobs left running by a stopped or crashed node go back to pending (their outputs never committed)."""
@@ -58,76 +63,106 @@ class Pipeline:
         return count
 
     def route_ready(self) -> int:
-        """Route every complete, unrouted input set; returns the number of jobs created."""
+        """Route every complete, unrouted input set and apply episode deadlines; returns jobs created."""
         rule_set = self.rules()
         created = 0
         with self.db.session() as session:
             now = utcnow()
             for unit in collect_ready(session, now, self.settings.completion):
-                instances = [session.get(Instance, uid) for uid in unit.instance_uids]
-                present = [i for i in instances if i is not None]
-                for instance in present:
-                    instance.routed_at = now
-                try:
-                    header = self._read_header(present[0].path)
-                    decisions = rule_set.evaluate(header)
-                except (OSError, ValueError, TypeError, AttributeError) as exc:
-                    log.error("series %s cannot be routed: %s", unit.series_uid, exc)
-                    self.db.record_event(
-                        session, unit.study_uid, "unroutable", series_uid=unit.series_uid, error=str(exc)
-                    )
-                    continue
-                self.db.record_event(
-                    session,
-                    unit.study_uid,
-                    "complete",
-                    series_uid=unit.series_uid,
-                    layer=unit.layer,
-                    instances=len(present),
-                )
-                matched = [d for d in decisions if d.fires]
-                if not matched:
-                    log.info("series %s complete (%s): no rule matched", unit.series_uid, unit.layer)
-                    self.db.record_event(
-                        session,
-                        unit.study_uid,
-                        "unmatched",
-                        series_uid=unit.series_uid,
-                        ruleset_version=rule_set.version,
-                        rules=[d.rule.name for d in decisions],
-                    )
-                for decision in matched:
-                    rule = decision.rule
-                    uids = [i.sop_instance_uid for i in present]
-                    key = idempotency_key(rule.name, rule.network, uids)
-                    exists = session.scalar(select(Job.id).where(Job.idempotency_key == key))
-                    if exists is None:
-                        session.add(
-                            Job(
-                                idempotency_key=key,
-                                rule_name=rule.name,
-                                ruleset_version=rule_set.version,
-                                network=rule.network,
-                                outputs=list(rule.outputs),
-                                destinations=list(rule.destinations),
-                                inputs=uids,
-                                study_uid=unit.study_uid,
-                            )
-                        )
-                        created += 1
-                    self.db.record_event(
-                        session,
-                        unit.study_uid,
-                        "matched",
-                        series_uid=unit.series_uid,
-                        rule=rule.name,
-                        network=rule.network,
-                        ruleset_version=rule_set.version,
-                        trace=list(decision.trace),
-                        duplicate=exists is not None,
-                    )
-                    log.info("series %s matched rule %r -> %s", unit.series_uid, rule.name, rule.network)
+                created += self._route_unit(session, rule_set, unit, now)
+            rules = {rule.name: rule for rule in rule_set.rules}
+            for request in self.episodes.expire(session, rules, now):
+                created += self._create_job(session, rule_set.version, request)
         return created
+
+    def _route_unit(self, session: Session, rule_set: RuleSet, unit: ReadyUnit, now: dt.datetime) -> int:
+        present = [i for i in (session.get(Instance, uid) for uid in unit.instance_uids) if i is not None]
+        for instance in present:
+            instance.routed_at = now
+        if not present:
+            return 0
+        self.db.record_event(
+            session, unit.study_uid, "complete", series_uid=unit.series_uid, layer=unit.layer, instances=len(present)
+        )
+        try:
+            header = self._read_header(present[0].path)
+            facts = derive_facts(header)
+            decisions = rule_set.evaluate(header, facts)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.error("series %s cannot be routed: %s", unit.series_uid, exc)
+            self.db.record_event(session, unit.study_uid, "unroutable", series_uid=unit.series_uid, error=str(exc))
+            return 0
+        fired = [d for d in decisions if d.fires]
+        if not fired:
+            log.info("series %s complete (%s): no rule matched", unit.series_uid, unit.layer)
+            self.db.record_event(
+                session,
+                unit.study_uid,
+                "unmatched",
+                series_uid=unit.series_uid,
+                ruleset_version=rule_set.version,
+                rules=[d.rule.name for d in decisions],
+            )
+        created = 0
+        uids = tuple(i.sop_instance_uid for i in present)
+        for decision in fired:
+            rule = decision.rule
+            self.db.record_event(
+                session,
+                unit.study_uid,
+                "matched",
+                series_uid=unit.series_uid,
+                rule=rule.name,
+                network=rule.network,
+                ruleset_version=rule_set.version,
+                trace=list(decision.trace),
+            )
+            log.info("series %s matched rule %r -> %s", unit.series_uid, rule.name, rule.network)
+            if rule.episode is None:
+                request = JobRequest(rule, None, uids, (), unit.study_uid, None, partial=False)
+                created += self._create_job(session, rule_set.version, request)
+                continue
+            key = uids[0] if unit.layer == NM_OBJECT else unit.series_uid
+            arrival = Arrival(header, facts, key, uids, unit.study_uid)
+            for request in self.episodes.offer(session, rule, rule_set.version, arrival, now):
+                created += self._create_job(session, rule_set.version, request)
+        return created
+
+    def _create_job(self, session: Session, version: str, request: JobRequest) -> int:
+        rule = request.rule
+        key = idempotency_key(rule.name, rule.network, list(request.inputs))
+        existing = session.scalar(select(Job.id).where(Job.idempotency_key == key))
+        if existing is not None:
+            self.db.record_event(session, request.result_study_uid, "duplicate-skipped", rule=rule.name, job=existing)
+            return 0
+        job = Job(
+            idempotency_key=key,
+            rule_name=rule.name,
+            ruleset_version=version,
+            network=rule.network,
+            outputs=list(rule.outputs),
+            destinations=list(rule.destinations),
+            inputs=list(request.inputs),
+            slots=list(request.slots) if request.episode_id is not None else None,
+            episode_id=request.episode_id,
+            supersedes_job_id=request.supersedes_job_id,
+            study_uid=request.result_study_uid,
+        )
+        session.add(job)
+        session.flush()
+        if request.episode_id is not None:
+            self.episodes.mark_ran(session, request.episode_id, job.id)
+            self.db.record_event(
+                session,
+                request.result_study_uid,
+                "episode-complete",
+                episode=request.episode_id,
+                job=job.id,
+                slots=list(request.slots),
+                partial=request.partial,
+                supersedes_job=request.supersedes_job_id,
+            )
+        return 1
 
     def run_next_job(self) -> bool:
         """Run the oldest pending job; returns False when there was none."""
@@ -137,6 +172,8 @@ class Pipeline:
                 return False
             job.state, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
             job_id, network_name, outputs, inputs = job.id, job.network, list(job.outputs), list(job.inputs)
+            slots, study_uid = (list(job.slots) if job.slots else None), job.study_uid
+            predecessor_paths = self._predecessor_paths(session, job.supersedes_job_id)
             paths = {
                 i.sop_instance_uid: i.path
                 for i in session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(inputs)))
@@ -147,7 +184,10 @@ class Pipeline:
                 raise InputError(f"input instance(s) no longer in the index: {missing}")
             sources = [dcmread(self.spool.absolute(paths[uid])) for uid in inputs]
             network = self.registry.get(network_name)
-            result = run_network(network, sources, outputs)
+            predecessors = [dcmread(self.spool.absolute(p)) for p in predecessor_paths]
+            result = run_network(
+                network, sources, outputs, slots=slots, result_study_uid=study_uid, predecessors=predecessors
+            )
         except (InputError, UnknownNetwork, OSError, ValueError) as exc:
             self._fail(job_id, str(exc))
             return True
@@ -227,6 +267,12 @@ class Pipeline:
                 return
             job.state, job.error, job.finished_at = "failed", error, utcnow()
             self.db.record_event(session, job.study_uid, "failed", job=job_id, error=error)
+
+    @staticmethod
+    def _predecessor_paths(session: Session, job_id: int | None) -> list[str]:
+        if job_id is None:
+            return []
+        return list(session.scalars(select(Output.path).where(Output.job_id == job_id, Output.kind == "sr")))
 
     def _read_header(self, relative: str) -> Dataset:
         return dcmread(self.spool.absolute(relative), stop_before_pixels=True)

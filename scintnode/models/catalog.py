@@ -4,6 +4,7 @@ from __future__ import annotations
 
 NETWORKS: dict[str, str] = {
     "thyroid-resnet34": "99mTc-pertechnetate thyroid scintigraphy, 4 classes (paper 002)",
+    "input-check": "no AI: checks an episode's inputs and reports them (stand-in until a network lands)",
 }
 
 

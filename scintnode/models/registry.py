@@ -22,6 +22,12 @@ class Network(Protocol):
     def run(self, sources: Sequence[Dataset]) -> Finding: ...
 
 
+class EpisodeNetwork(Network, Protocol):
+    """A network whose inputs come from an episode's slots; `slots[i]` names the slot of `sources[i]`."""
+
+    def run_episode(self, slots: Sequence[str], sources: Sequence[Dataset]) -> Finding: ...
+
+
 class UnknownNetwork(LookupError):
     def __init__(self, name: str, known: Sequence[str]) -> None:
         super().__init__(f"no network named {name!r}; known networks: {', '.join(sorted(known))}")
@@ -57,4 +63,9 @@ def default_registry() -> Registry:
 
         return load_thyroid_network()
 
-    return Registry({"thyroid-resnet34": thyroid})
+    def input_check() -> Network:
+        from scintnode.models.input_check import load_input_check
+
+        return load_input_check()
+
+    return Registry({"thyroid-resnet34": thyroid, "input-check": input_check})

@@ -86,10 +86,29 @@ def _true(value: object) -> Literal[True]:
     return True
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: object) -> float:
+    """A duration as ops write it: "90s", "45m", "2h", "14d" (or a number of seconds)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    text = str(value).strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    try:
+        amount = float(text[:-1]) if unit else float("nan")
+    except ValueError:
+        amount = float("nan")
+    if unit is None or not amount > 0:
+        raise ValueError(f"expected a duration like 90s, 45m, 2h or 14d, got {value!r}")
+    return amount * unit
+
+
 Scalar = Annotated[str | int | float, PlainValidator(_scalar)]
 Number = Annotated[int | float, PlainValidator(_number)]
 Text = Annotated[str, PlainValidator(_text)]
 TrueFlag = Annotated[Literal[True], PlainValidator(_true)]
+Duration = Annotated[float, PlainValidator(_duration)]
 
 
 class _Strict(BaseModel):
@@ -180,6 +199,102 @@ class NotOf(_Strict):
 Condition = AllOf | AnyOf | NotOf | Predicate
 
 OUTPUTS = ("sr", "sc", "seg")
+SlotName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class SlotSpec(_Strict):
+    """One input an episode waits for: its own selector, whether the network needs it, how many instances."""
+
+    name: SlotName
+    when: Condition
+    required: bool = True
+    count: Annotated[int, Field(ge=1, le=10_000)] = 1
+
+
+class ValueSpec(_Strict):
+    """The value a constraint compares: a derived fact or a top-level DICOM attribute (by keyword)."""
+
+    fact: Text | None = None
+    attribute: Text | None = None
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> ValueSpec:
+        if (self.attribute is None) == (self.fact is None):
+            raise ValueError("give exactly one of `attribute` or `fact`")
+        return self
+
+
+class DifferenceSpec(ValueSpec):
+    """value(to) - value(from) must lie within [at_least, at_most]: e.g. late minus early >= 60 minutes."""
+
+    from_: SlotName = Field(alias="from")
+    to: SlotName
+    at_least: Number | None = None
+    at_most: Number | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> DifferenceSpec:
+        if self.at_least is None and self.at_most is None:
+            raise ValueError("`difference` needs `at_least`, `at_most` or both")
+        return self
+
+
+class SameSpec(ValueSpec):
+    """Every instance of the named slots has the same value: e.g. one radiopharmaceutical, one frame of reference."""
+
+    slots: tuple[SlotName, ...]
+
+    @field_validator("slots")
+    @classmethod
+    def _two(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("`same` needs at least one slot")
+        return value
+
+
+class ConstraintSpec(_Strict):
+    difference: DifferenceSpec | None = None
+    same: SameSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ConstraintSpec:
+        if (self.difference is None) == (self.same is None):
+            raise ValueError("a constraint is exactly one of `difference` or `same`")
+        return self
+
+
+class EpisodeSpec(_Strict):
+    """Gather a network's inputs across series, studies and days before it runs (see rules/README.md)."""
+
+    join: Literal["patient"] = "patient"
+    window: Duration
+    deadline: Duration
+    on_deadline: Literal["keep-waiting", "run-partial", "give-up"] = "give-up"
+    late_data: Literal["ignore", "supersede"] = "ignore"
+    slots: tuple[SlotSpec, ...]
+    constraints: tuple[ConstraintSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EpisodeSpec:
+        names = [slot.name for slot in self.slots]
+        if not names:
+            raise ValueError("an episode needs at least one slot")
+        if len(set(names)) != len(names):
+            raise ValueError(f"slot names must be unique, got {names}")
+        if not any(slot.required for slot in self.slots):
+            raise ValueError("at least one slot must be required")
+        for index, constraint in enumerate(self.constraints):
+            used = (
+                (constraint.difference.from_, constraint.difference.to)
+                if constraint.difference is not None
+                else constraint.same.slots
+                if constraint.same is not None
+                else ()
+            )
+            unknown = [name for name in used if name not in names]
+            if unknown:
+                raise ValueError(f"constraints[{index}] names unknown slot(s) {unknown}; slots are {names}")
+        return self
 
 
 class RuleSpec(_Strict):
@@ -193,6 +308,7 @@ class RuleSpec(_Strict):
     outputs: tuple[Literal["sr", "sc", "seg"], ...]
     destinations: tuple[Text, ...]
     when: Condition
+    episode: EpisodeSpec | None = None
 
     @field_validator("outputs")
     @classmethod
@@ -220,6 +336,8 @@ class RuleFileSpec(_Strict):
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotOf.model_rebuild()
+SlotSpec.model_rebuild()
+EpisodeSpec.model_rebuild()
 RuleSpec.model_rebuild()
 
 _PLACEHOLDER = Predicate(attribute="Modality", present=True)
@@ -266,6 +384,21 @@ def _parse_rule(raw: object, loc: Loc) -> RuleSpec:
         except SchemaError as exc:
             problems.extend(exc.problems)
             fields["when"] = _PLACEHOLDER  # reported already; lets the rest of the rule be checked
+    episode = fields.get("episode")
+    if isinstance(episode, Mapping) and isinstance(episode.get("slots"), list):
+        episode = dict(episode)
+        slots: list[object] = []
+        for index, slot in enumerate(episode["slots"]):
+            if isinstance(slot, Mapping) and "when" in slot:
+                slot = dict(slot)
+                try:
+                    slot["when"] = parse_condition(slot["when"], (*loc, "episode", "slots", index, "when"))
+                except SchemaError as exc:
+                    problems.extend(exc.problems)
+                    slot["when"] = _PLACEHOLDER
+            slots.append(slot)
+        episode["slots"] = slots
+        fields["episode"] = episode
     try:
         spec = RuleSpec.model_validate(fields)
     except ValidationError as exc:

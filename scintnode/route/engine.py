@@ -607,6 +607,166 @@ def _compile_fact(spec: dsl.Predicate, loc: Loc) -> FactTest:
 
 
 @dataclass(frozen=True)
+class ValueRef:
+    """A value read from each episode member for a constraint: a fact or a top-level attribute."""
+
+    kind: str  # "fact" | "attribute"
+    name: str
+    path: tuple[Segment, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def read(self, header: Dataset, facts: NMFacts) -> str | float | None:
+        if self.kind == "fact":
+            value = facts.get(self.name).value
+            if isinstance(value, tuple):
+                return ",".join(value) or None
+            return value
+        found = resolve(header, self.path)
+        if not found.values:
+            return None
+        first = found.values[0]
+        return first if isinstance(first, (int, float)) and not isinstance(first, bool) else str(first).strip()
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A condition between slots, checked once every slot it names is filled."""
+
+    kind: str  # "difference" | "same"
+    value: ValueRef
+    slots: tuple[str, ...]  # difference: (from, to)
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def describe(self) -> str:
+        if self.kind == "same":
+            return f"same {self.value.name} across {', '.join(self.slots)}"
+        bounds = " and ".join(
+            text
+            for text in (
+                f">= {self.at_least:g}" if self.at_least is not None else "",
+                f"<= {self.at_most:g}" if self.at_most is not None else "",
+            )
+            if text
+        )
+        return f"{self.value.name} of {self.slots[1]} minus {self.slots[0]} {bounds}"
+
+    def check(self, values: dict[str, list[str | float | None]]) -> tuple[bool | None, str]:
+        """(True/False, why) once the named slots have values; (None, why) while any is still empty."""
+        if any(not values.get(slot) for slot in self.slots):
+            return None, f"{self.describe()}: waiting for {', '.join(s for s in self.slots if not values.get(s))}"
+        if self.kind == "same":
+            seen = {v for slot in self.slots for v in values[slot]}
+            if None in seen:
+                return False, f"{self.describe()}: unknown on at least one image"
+            return len(seen) == 1, f"{self.describe()}: found {sorted(map(str, seen))}"
+        first, second = values[self.slots[0]], values[self.slots[1]]
+        numbers = [v for v in (*first, *second) if isinstance(v, (int, float))]
+        if len(numbers) != len(first) + len(second):
+            return False, f"{self.describe()}: not a number on at least one image"
+        differences = [float(b) - float(a) for a in first for b in second]  # type: ignore[arg-type]
+        ok = all(
+            (self.at_least is None or d >= self.at_least) and (self.at_most is None or d <= self.at_most)
+            for d in differences
+        )
+        return ok, f"{self.describe()}: found {', '.join(f'{d:g}' for d in differences)}"
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    condition: Node
+    required: bool
+    count: int
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """How a rule gathers its inputs: slots joined on the patient within a window, until a deadline."""
+
+    join: str
+    window_seconds: float
+    deadline_seconds: float
+    on_deadline: str  # keep-waiting | run-partial | give-up
+    late_data: str  # ignore | supersede
+    slots: tuple[Slot, ...]
+    constraints: tuple[Constraint, ...]
+
+    def slot(self, name: str) -> Slot:
+        return next(s for s in self.slots if s.name == name)
+
+    def classify(self, header: Dataset, facts: NMFacts) -> list[tuple[Slot, tuple[str, ...]]]:
+        """The slots whose selector this image matches, with each selector's trace."""
+        ctx = Context(header, facts)
+        matched = []
+        for slot in self.slots:
+            result = slot.condition.evaluate(ctx, 1)
+            if result.outcome is Outcome.PASS:
+                matched.append((slot, result.lines))
+        return matched
+
+    def values(self, header: Dataset, facts: NMFacts) -> dict[str, str | float | None]:
+        """What each constraint needs from this image, keyed by ValueRef.key, stored with the member."""
+        return {c.value.key: c.value.read(header, facts) for c in self.constraints}
+
+
+def _compile_value(spec: dsl.ValueSpec, loc: Loc) -> ValueRef:
+    if spec.fact is not None:
+        name = spec.fact.strip()
+        if name not in FACT_SPECS:
+            raise SchemaError([SchemaProblem((*loc, "fact"), f"unknown fact {name!r}; known: {', '.join(FACT_SPECS)}")])
+        return ValueRef("fact", name)
+    assert spec.attribute is not None
+    return ValueRef("attribute", spec.attribute.strip(), compile_path(spec.attribute.strip(), (*loc, "attribute")))
+
+
+def compile_episode(spec: dsl.EpisodeSpec, loc: Loc) -> EpisodePlan:
+    problems: list[SchemaProblem] = []
+    slots: list[Slot] = []
+    for index, slot in enumerate(spec.slots):
+        try:
+            condition = compile_condition(slot.when, (*loc, "slots", index, "when"))
+        except SchemaError as exc:
+            problems.extend(exc.problems)
+            continue
+        slots.append(Slot(slot.name, condition, slot.required, slot.count))
+    constraints: list[Constraint] = []
+    for index, item in enumerate(spec.constraints):
+        where: Loc = (*loc, "constraints", index)
+        try:
+            if item.difference is not None:
+                d = item.difference
+                value = _compile_value(d, (*where, "difference"))
+                constraints.append(
+                    Constraint(
+                        "difference",
+                        value,
+                        (d.from_, d.to),
+                        None if d.at_least is None else float(d.at_least),
+                        None if d.at_most is None else float(d.at_most),
+                    )
+                )
+            elif item.same is not None:
+                constraints.append(Constraint("same", _compile_value(item.same, (*where, "same")), item.same.slots))
+        except SchemaError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SchemaError(problems)
+    return EpisodePlan(
+        spec.join,
+        spec.window,
+        spec.deadline,
+        spec.on_deadline,
+        spec.late_data,
+        tuple(slots),
+        tuple(constraints),
+    )
+
+
+@dataclass(frozen=True)
 class Rule:
     """A compiled rule: when `condition` passes, run `network` and send `outputs` to `destinations`."""
 
@@ -619,9 +779,13 @@ class Rule:
     description: str = ""
     enabled: bool = True
     stop: bool = False
+    episode: EpisodePlan | None = None
 
     def summary(self) -> str:
         flags = ("" if self.enabled else ", DISABLED") + (", stop" if self.stop else "")
+        if self.episode is not None:
+            slots = ", ".join(f"{s.name}{'' if s.required else '?'}" for s in self.episode.slots)
+            flags += f"; episode [{slots}]"
         return (
             f"{self.name} ({self.file}): network {self.network}, outputs {', '.join(self.outputs)}, "
             f"to {', '.join(self.destinations)}; {self.condition.count()} condition(s){flags}"
@@ -639,6 +803,7 @@ def compile_rule(spec: dsl.RuleSpec, file: str, loc: Loc) -> Rule:
         description=spec.description.strip(),
         enabled=spec.enabled,
         stop=spec.stop,
+        episode=None if spec.episode is None else compile_episode(spec.episode, (*loc, "episode")),
     )
 
 

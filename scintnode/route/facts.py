@@ -112,6 +112,9 @@ def _lookup(terms: Sequence[CodedTerm], value: str, scheme: str) -> CodedTerm | 
     return next((t for t in terms if t.sct == value), None)
 
 
+CONTRAST_PHASES = ("enhanced", "unenhanced")
+
+
 @dataclass(frozen=True)
 class FactSpec:
     """What rules may ask of a fact: its kind, and the values it can take when they form a vocabulary."""
@@ -132,6 +135,9 @@ FACT_SPECS: dict[str, FactSpec] = {
     "views": FactSpec("text", frozenset(t.name for t in VIEWS), "projection of each detector, in order"),
     "minutes_after_injection": FactSpec("number", None, "acquisition start minus injection, minutes"),
     "energy_window_kev": FactSpec("number", None, "centre of the first energy window, keV"),
+    "contrast_phase": FactSpec(
+        "text", frozenset(CONTRAST_PHASES), "CT: enhanced or unenhanced, from Contrast/Bolus attributes, then text"
+    ),
 }
 
 
@@ -147,6 +153,7 @@ class NMFacts:
     views: Fact
     minutes_after_injection: Fact
     energy_window_kev: Fact
+    contrast_phase: Fact
 
     def get(self, name: str) -> Fact:
         if name not in FACT_SPECS:
@@ -170,6 +177,7 @@ def derive_facts(header: Dataset) -> NMFacts:
         views=_views(header),
         minutes_after_injection=_minutes_after_injection(header),
         energy_window_kev=_energy_window_kev(header),
+        contrast_phase=_contrast_phase(header),
     )
 
 
@@ -538,3 +546,56 @@ def _minutes_after_injection(ds: Dataset) -> Fact:
 
 def _minutes(delta: timedelta) -> float:
     return round(delta.total_seconds() / 60, 2)
+
+
+# CT contrast phase (dicom-conventions.md §3.6). Scanners may write an empty agent on native scans or copy
+# the agent to every series of the exam, so a non-empty agent counts only if its bolus did not start after
+# the acquisition; Enhanced CT says it per frame; text is the last resort.
+
+_UNENHANCED_TEXT = re.compile(
+    r"(?<![a-z])(c-|native|nativ|non[- ]?contrast|without contrast|unenhanced|plain|pre)(?![a-z])"
+)
+_ENHANCED_TEXT = re.compile(r"(?<![a-z])(c\+|contrast|enhanced|arterial|venous|portal|post)(?![a-z])")
+
+
+def _contrast_phase(ds: Dataset) -> Fact:
+    if _text(ds, "Modality") not in (None, "CT"):
+        return _unknown("not a CT image")
+    usage = [
+        str(_get(item, "ContrastBolusAgentAdministered") or "").strip().upper()
+        for group in _items(ds, "SharedFunctionalGroupsSequence") + _items(ds, "PerFrameFunctionalGroupsSequence")
+        for item in _items(group, "ContrastBolusUsageSequence")
+    ]
+    if "YES" in usage:
+        return Fact("enhanced", "attribute", "ContrastBolusUsageSequence: ContrastBolusAgentAdministered YES")
+    if usage and set(usage) == {"NO"}:
+        return Fact("unenhanced", "attribute", "ContrastBolusUsageSequence: ContrastBolusAgentAdministered NO")
+    agent = _text(ds, "ContrastBolusAgent")
+    if agent:
+        start = _time(_get(ds, "ContrastBolusStartTime"))
+        _, acquired, where = _acquisition(ds)
+        if start is not None and acquired is not None and start > acquired.replace(tzinfo=None):
+            return Fact(
+                "unenhanced", "attribute", f"ContrastBolusAgent {agent!r} but its bolus started after the {where}"
+            )
+        return Fact("enhanced", "attribute", f"ContrastBolusAgent {agent!r}")
+    for keyword, text in _text_sources(ds):
+        lowered = text.lower()
+        if _UNENHANCED_TEXT.search(lowered):  # first: "non-contrast" also contains "contrast"
+            return Fact("unenhanced", "text", f"{keyword} {text!r}")
+        if _ENHANCED_TEXT.search(lowered):
+            return Fact("enhanced", "text", f"{keyword} {text!r}")
+    if ds.get("ContrastBolusAgent") is not None:
+        return Fact("unenhanced", "attribute", "ContrastBolusAgent present but empty")
+    return _unknown("no Contrast/Bolus attributes and no phase named in the descriptions")
+
+
+def acquisition_moment(ds: Dataset) -> datetime | None:
+    """When the image was acquired, as a naive local date-time (for episode windows and ordering)."""
+    day, clock, _ = _acquisition(ds)
+    if clock is None:
+        day, clock = _date(_get(ds, "StudyDate")), _time(_get(ds, "StudyTime"))
+    day = day or _date(_get(ds, "StudyDate"))
+    if day is None:
+        return None
+    return datetime.combine(day, (clock or time(0, 0)).replace(tzinfo=None))
