@@ -1,0 +1,321 @@
+"""Episodes through a running node: inputs gathered across series, studies, days, associations and restarts.
+
+DCMTK storescu is the modality; the node runs in-process on the shipped rules (or a copy with short
+deadlines); the results are read from the node's spool and index."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from scintnode.config import DEFAULT_RULES_DIR, Settings
+from scintnode.db import Episode, Event, Job, Output
+from scintnode.node import Node
+from scintnode.orthanc import free_port
+from scintnode.phantoms import nm
+from scintnode.phantoms.ct import Contrast, build_ct_series
+from scintnode.storescu import send_files
+
+DAY0 = dt.datetime(2026, 3, 2, 8, 0)
+
+
+class Clinic:
+    """Writes synthetic NM and CT files for a patient, as the cameras of one site would."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = itertools.count(1)
+
+    def patient(self, pid: str) -> nm.Patient:
+        return nm.Patient(pid, f"SYNTHETIC^EPISODE^{pid}", dt.date(1960, 5, 1), "F")
+
+    def study(self, start: dt.datetime) -> nm.StudyInfo:
+        return nm.StudyInfo(generate_uid(), start, accession=f"SYN{next(self.count):05d}", description="(synthetic)")
+
+    def planar(
+        self,
+        patient: nm.Patient,
+        study: nm.StudyInfo,
+        agent: str,
+        minutes: float,
+        description: str,
+        injected: dt.datetime | None = None,
+    ) -> Path:
+        injected = injected or study.start
+        counts = np.random.default_rng(next(self.count)).poisson(30, size=(1, 64, 64)).astype(np.uint16)
+        ds = nm.build_nm_image(
+            counts,
+            patient=patient,
+            study=study,
+            series_uid=generate_uid(),
+            series_number=next(self.count),
+            series_description=f"{description} (synthetic)",
+            agent=agent,
+            views=("anterior",),
+            acquired=injected + dt.timedelta(minutes=minutes),
+            injected=injected,
+            dose_mbq=600.0,
+            pixel_spacing_mm=(2.0, 2.0),
+            body_part="NECK",
+        )
+        return nm.save(ds, self.folder / f"nm{next(self.count):05d}.dcm")
+
+    def ct(self, patient: nm.Patient, study: nm.StudyInfo, enhanced: bool, frame_of_reference: str) -> list[Path]:
+        acquired = study.start + dt.timedelta(minutes=5 if enhanced else 2)
+        contrast = Contrast(start=acquired - dt.timedelta(seconds=70)) if enhanced else None
+        series = build_ct_series(
+            np.full((4, 16, 16), 40.0),
+            patient=patient,
+            study=study,
+            series_uid=generate_uid(),
+            series_number=3 if enhanced else 2,
+            series_description=f"NECK {'C+' if enhanced else 'NATIVE'}",
+            acquired=acquired,
+            frame_of_reference_uid=frame_of_reference,
+            contrast=contrast,
+        )
+        return [nm.save(ds, self.folder / f"ct{next(self.count):05d}.dcm") for ds in series]
+
+
+@pytest.fixture
+def clinic(tmp_path: Path) -> Clinic:
+    folder = tmp_path / "sent"
+    folder.mkdir()
+    return Clinic(folder)
+
+
+NodeFactory = Callable[..., Node]
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
+    started: list[Node] = []
+
+    def start(rules_dir: Path = DEFAULT_RULES_DIR) -> Node:
+        settings = Settings.model_validate(
+            {
+                "node": {"port": 0, "bind_address": "127.0.0.1"},
+                "storage": {"root": str(tmp_path / "spool")},
+                "completion": {"release_quiet_seconds": 0.3, "long_quiet_seconds": 30},
+                # the PACS is never up in these tests: deliveries stay queued, outputs are read from the spool
+                "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}},
+                "dispatch": {"poll_seconds": 60},
+                "rules_dir": str(rules_dir),
+            }
+        )
+        node = Node(settings)
+        node.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.receiver._server is not None:
+            node.stop()
+
+
+def send(node: Node, *files: Path) -> None:
+    send_files(list(files), "127.0.0.1", node.port, "SCINTNODE")
+
+
+def wait_for(node: Node, condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        node.wake()
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def jobs(node: Node) -> list[Job]:
+    with node.db.session() as session:
+        return list(session.scalars(select(Job).order_by(Job.id)))
+
+
+def events(node: Node, kind: str) -> list[Event]:
+    with node.db.session() as session:
+        return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
+
+
+def done_jobs(node: Node, count: int, network: str = "input-check") -> list[Job]:
+    """Wait for `count` finished jobs of `network` (the thyroid classifier also runs on pertechnetate scans)."""
+
+    def finished() -> list[Job]:
+        return [j for j in jobs(node) if j.state == "done" and j.network == network]
+
+    wait_for(node, lambda: len(finished()) >= count)
+    return finished()
+
+
+def sr_of(node: Node, job: Job) -> object:
+    with node.db.session() as session:
+        path = session.scalars(select(Output.path).where(Output.job_id == job.id, Output.kind == "sr")).one()
+    return dcmread(node.spool.absolute(path))
+
+
+def evidence(sr: object, sequence: str) -> set[str]:
+    return {
+        item.ReferencedSOPInstanceUID
+        for study in getattr(sr, sequence, [])
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+
+
+def parathyroid_set(clinic: Clinic, pid: str) -> dict[str, Path]:
+    """Early and late MIBI in one study, the pertechnetate thyroid scan two days later in another."""
+    patient = clinic.patient(pid)
+    mibi = clinic.study(DAY0)
+    thyroid = clinic.study(DAY0 + dt.timedelta(days=2))
+    return {
+        "early": clinic.planar(patient, mibi, "sestamibi", 10, "PARATHYROID EARLY"),
+        "late": clinic.planar(patient, mibi, "sestamibi", 120, "PARATHYROID LATE"),
+        "thyroid": clinic.planar(patient, thyroid, "pertechnetate", 20, "THYROID"),
+    }
+
+
+def test_parathyroid_episode_in_every_arrival_order(clinic: Clinic, start_node: NodeFactory) -> None:
+    node = start_node()
+    orders = list(itertools.permutations(("early", "late", "thyroid")))
+    cases = {f"SYNEP{n}": (order, parathyroid_set(clinic, f"SYNEP{n}")) for n, order in enumerate(orders)}
+    for order, files in cases.values():
+        for slot in order:
+            send(node, files[slot])  # one association each, as separate acquisitions arrive
+    episode_jobs = done_jobs(node, len(orders))
+    assert len(episode_jobs) == len(orders)  # exactly one run per patient, whatever the order
+    for job in episode_jobs:
+        files = next(f for _, f in cases.values() if str(dcmread(f["early"]).SOPInstanceUID) in job.inputs)
+        uids = {slot: str(dcmread(path).SOPInstanceUID) for slot, path in files.items()}
+        assert job.slots == ["early", "late", "thyroid"]
+        assert job.inputs == [uids["early"], uids["late"], uids["thyroid"]]
+        sr = sr_of(node, job)
+        thyroid_study = dcmread(files["thyroid"]).StudyInstanceUID
+        assert sr.StudyInstanceUID == thyroid_study == job.study_uid  # the most recent input's study
+        assert evidence(sr, "CurrentRequestedProcedureEvidenceSequence") == {uids["thyroid"]}
+        assert evidence(sr, "PertinentOtherEvidenceSequence") == {uids["early"], uids["late"]}
+    # the pertechnetate scans also went to the thyroid classifier: that rule is independent of the episode
+    assert sum(j.network == "thyroid-resnet34" for j in jobs(node)) == len(orders)
+
+
+def test_episode_survives_a_restart_between_slots(clinic: Clinic, start_node: NodeFactory) -> None:
+    files = parathyroid_set(clinic, "SYNRESTART")
+    node = start_node()
+    send(node, files["early"])
+    wait_for(node, lambda: bool(events(node, "episode-slot-filled")))
+    node.stop()
+    node = start_node()
+    send(node, files["late"], files["thyroid"])
+    episode_jobs = done_jobs(node, 1)
+    assert len([j for j in jobs(node) if j.network == "input-check"]) == 1 and episode_jobs[0].slots == [
+        "early",
+        "late",
+        "thyroid",
+    ]
+    with node.db.session() as session:
+        assert len(session.scalars(select(Episode)).all()) == 1
+
+
+def test_second_late_image_after_the_result_supersedes_it(clinic: Clinic, start_node: NodeFactory) -> None:
+    files = parathyroid_set(clinic, "SYNSUPER")
+    node = start_node()
+    send(node, files["early"], files["late"], files["thyroid"])
+    first = done_jobs(node, 1)[0]
+    patient, mibi_study = clinic.patient("SYNSUPER"), dcmread(files["early"])
+    study = nm.StudyInfo(mibi_study.StudyInstanceUID, DAY0, accession=mibi_study.AccessionNumber, description="")
+    repeat = clinic.planar(patient, study, "sestamibi", 150, "PARATHYROID LATE REPEAT")
+    send(node, repeat)
+    second = next(j for j in done_jobs(node, 2) if j.id != first.id)
+    assert second.supersedes_job_id == first.id
+    assert str(dcmread(repeat).SOPInstanceUID) in second.inputs
+    assert str(dcmread(files["late"]).SOPInstanceUID) not in second.inputs
+    old_sr, new_sr = sr_of(node, first), sr_of(node, second)
+    predecessors = evidence(new_sr, "PredecessorDocumentsSequence")
+    assert predecessors == {old_sr.SOPInstanceUID}
+
+
+def short_deadline_rules(tmp_path: Path, policy: str) -> Path:
+    rules = tmp_path / f"rules-{policy}"
+    rules.mkdir()
+    text = (DEFAULT_RULES_DIR / "parathyroid.yaml").read_text()
+    text = text.replace("deadline: 3d", "deadline: 2s").replace("on_deadline: run-partial", f"on_deadline: {policy}")
+    (rules / "parathyroid.yaml").write_text(text)
+    shutil.copy(DEFAULT_RULES_DIR / "thyroid.yaml", rules / "thyroid.yaml")
+    return rules
+
+
+def test_deadline_runs_with_the_optional_slot_empty(clinic: Clinic, start_node: NodeFactory, tmp_path: Path) -> None:
+    files = parathyroid_set(clinic, "SYNPARTIAL")
+    node = start_node(short_deadline_rules(tmp_path, "run-partial"))
+    send(node, files["early"], files["late"])
+    job = done_jobs(node, 1)[0]
+    assert job.slots == ["early", "late"]
+    complete = events(node, "episode-complete")
+    assert complete and complete[-1].detail["partial"] is True
+
+
+def test_deadline_gives_up_with_a_logged_reason(clinic: Clinic, start_node: NodeFactory, tmp_path: Path) -> None:
+    files = parathyroid_set(clinic, "SYNGIVEUP")
+    node = start_node(short_deadline_rules(tmp_path, "give-up"))
+    send(node, files["early"])
+    wait_for(node, lambda: bool(events(node, "episode-gave-up")))
+    reason = events(node, "episode-gave-up")[0].detail["reason"]
+    assert "late" in reason and "thyroid" in reason
+    assert jobs(node) == []
+
+
+def test_look_alike_image_of_another_patient_never_joins(clinic: Clinic, start_node: NodeFactory) -> None:
+    mine = parathyroid_set(clinic, "SYNMINE")
+    theirs = parathyroid_set(clinic, "SYNTHEIRS")
+    node = start_node()
+    send(node, mine["early"], theirs["late"], theirs["thyroid"])
+    wait_for(node, lambda: len(events(node, "episode-slot-filled")) == 3)
+    assert not any(j.network == "input-check" for j in jobs(node))
+    with node.db.session() as session:
+        assert sorted(e.join_key for e in session.scalars(select(Episode))) == ["SYNMINE", "SYNTHEIRS"]
+
+
+def test_ambiguous_timing_is_reported_not_guessed(clinic: Clinic, start_node: NodeFactory) -> None:
+    patient = clinic.patient("SYNAMBIG")
+    middle = clinic.planar(patient, clinic.study(DAY0), "sestamibi", 60, "PARATHYROID")
+    node = start_node()
+    send(node, middle)
+    wait_for(node, lambda: bool(events(node, "episode-ambiguous")))
+    detail = events(node, "episode-ambiguous")[0].detail
+    assert "none of its slots" in detail["reason"] and "60" in detail["facts"]["minutes_after_injection"]
+
+
+def test_ct_phases_sent_in_two_associations_form_one_episode(clinic: Clinic, start_node: NodeFactory) -> None:
+    patient = clinic.patient("SYNCT")
+    study = clinic.study(DAY0)
+    frame = generate_uid()
+    native = clinic.ct(patient, study, enhanced=False, frame_of_reference=frame)
+    enhanced = clinic.ct(patient, study, enhanced=True, frame_of_reference=frame)
+    node = start_node()
+    send(node, *native)
+    send(node, *enhanced)
+    job = done_jobs(node, 1)[0]
+    assert job.network == "input-check"
+    assert job.slots == ["unenhanced"] * 4 + ["enhanced"] * 4
+    assert set(job.inputs) == {str(dcmread(p).SOPInstanceUID) for p in native + enhanced}
+
+
+def test_ct_phases_in_different_frames_of_reference_are_refused(clinic: Clinic, start_node: NodeFactory) -> None:
+    patient = clinic.patient("SYNCTFOR")
+    study = clinic.study(DAY0)
+    node = start_node()
+    send(node, *clinic.ct(patient, study, enhanced=False, frame_of_reference=generate_uid()))
+    send(node, *clinic.ct(patient, study, enhanced=True, frame_of_reference=generate_uid()))
+    wait_for(node, lambda: bool(events(node, "episode-constraint-failed")))
+    assert "FrameOfReferenceUID" in events(node, "episode-constraint-failed")[0].detail["reasons"][0]
+    assert jobs(node) == []
