@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from scintnode.config import ConfigError, load_settings
-from scintnode.db import Database, Delivery, Job, Series
+from scintnode.db import Database, Delivery, Episode, EpisodeMember, Job, Series
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +32,19 @@ def main(argv: list[str]) -> int:
             released = "released" if s.released_at else "association open or aborted"
             last = f"{s.last_received_at:%Y-%m-%d %H:%M:%S}"
             print(f"  {s.series_uid}  {s.modality:<3} {s.instance_count:>5} inst  last {last}  {released}")
+        episodes = session.scalars(select(Episode).where(Episode.state == "open").order_by(Episode.deadline_at)).all()
+        print(f"Open episodes: {len(episodes)}")
+        for episode in episodes:
+            filled: dict[str, int] = {}
+            for member in session.scalars(select(EpisodeMember).where(EpisodeMember.episode_id == episode.id)):
+                filled.setdefault(member.slot, 0)
+                filled[member.slot] += 1
+            slots = ", ".join(f"{slot} ({n} inst)" for slot, n in sorted(filled.items())) or "none"
+            again = f", re-opened after job #{episode.last_job_id}" if episode.last_job_id else ""
+            print(
+                f"  #{episode.id:<5} rule {episode.rule_name:<28} patient {episode.join_key:<16} filled: {slots}; "
+                f"deadline {episode.deadline_at:%Y-%m-%d %H:%M:%S} UTC{again}"
+            )
         counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
         print("Jobs: " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none"))
         for job in session.scalars(select(Job).order_by(Job.id.desc()).limit(args.limit)):

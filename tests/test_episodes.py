@@ -319,3 +319,21 @@ def test_ct_phases_in_different_frames_of_reference_are_refused(clinic: Clinic, 
     wait_for(node, lambda: bool(events(node, "episode-constraint-failed")))
     assert "FrameOfReferenceUID" in events(node, "episode-constraint-failed")[0].detail["reasons"][0]
     assert jobs(node) == []
+
+
+def test_status_shows_open_episodes_with_their_slots_and_deadline(
+    clinic: Clinic, start_node: NodeFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scintnode.status_cli import main as status
+
+    files = parathyroid_set(clinic, "SYNSTATUS")
+    node = start_node()
+    send(node, files["early"])
+    wait_for(node, lambda: bool(events(node, "episode-slot-filled")))
+    config = tmp_path / "node.yaml"
+    config.write_text(f"storage:\n  root: {tmp_path / 'spool'}\n")
+    assert status(["--config", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "Open episodes: 1" in shown
+    assert "parathyroid-mibi-episode" in shown and "SYNSTATUS" in shown and "early (1 inst)" in shown
+    assert "deadline" in shown
