@@ -12,11 +12,12 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("scintnode.serve_cli", "run the DICOM node (receive, route, infer, send)"),
     "demo": ("scintnode.demo", "start a node and an Orthanc PACS, send synthetic studies, print results"),
-    "rules": ("scintnode.route.cli", "check, explain routing rules"),
+    "rules": ("scintnode.route.cli", "check, explain, fixture, reload, replay routing rules"),
     "phantoms": ("scintnode.phantoms.cli", "write synthetic studies with ground truth"),
     "train": ("scintnode.train.cli", "train and evaluate a network on synthetic data"),
     "status": ("scintnode.status_cli", "show series, jobs and deliveries of a node"),
     "deliveries": ("scintnode.send_cli", "list and resubmit deliveries, dead letters included"),
+    "audit": ("scintnode.audit_cli", "print the event log of one study: received ... delivered"),
 }
 
 

@@ -169,6 +169,18 @@ class Delivery(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class RuleSetRecord(Base):
+    """Every rule set the node has run, with its files, so history and diffs outlive the files on disk."""
+
+    __tablename__ = "rule_sets"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    directory: Mapped[str] = mapped_column(Text)
+    files: Mapped[dict[str, str]] = mapped_column(JSON)  # file name -> text
+    first_active_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_active_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Event(Base):
     """Append-only audit trail per study: received, complete, matched, inferred, written, delivered."""
 

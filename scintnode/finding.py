@@ -25,6 +25,17 @@ class Hotspot:
 
 
 @dataclass(frozen=True)
+class Panel:
+    """One frame shown in a several-view heatmap picture, e.g. the anterior or posterior of a whole-body scan."""
+
+    source_index: int
+    frame: int  # 1-based
+    display: np.ndarray  # the frame as shown, float32 0..1, on the source frame's grid
+    heatmap: np.ndarray  # float32 0..1, same shape
+    caption: str  # e.g. "Anterior"
+
+
+@dataclass(frozen=True)
 class Finding:
     """A classifier's answer for one job, with the maps that explain it."""
 
@@ -37,3 +48,6 @@ class Finding:
     heatmaps: tuple[np.ndarray, ...] = field(default=())
     source_frames: tuple[int, ...] = field(default=())  # 1-based frame shown, per source
     inference_ms: float = 0.0
+    # Every frame the network used, when a source shows more than one (write/sc.py puts a source's panels
+    # side by side in its SC); display_images/heatmaps above still hold each source's first panel.
+    panels: tuple[Panel, ...] = field(default=())

@@ -6,7 +6,9 @@ receive threads only store; dispatch runs on the scheduler. Stop parks work safe
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 
 from scintnode.config import Settings
 from scintnode.db import Database
@@ -15,7 +17,8 @@ from scintnode.models.registry import Registry, default_registry
 from scintnode.pipeline import Pipeline
 from scintnode.receive import Receiver
 from scintnode.retention import purge_expired
-from scintnode.route import RuleSet, load_rule_set
+from scintnode.route import RuleSet
+from scintnode.rules_keeper import RulesKeeper
 from scintnode.schedule import Housekeeping
 from scintnode.send import Dispatcher
 from scintnode.spool import Spool
@@ -29,14 +32,14 @@ class Node:
         self.spool = Spool(settings.storage.root, settings.storage.min_free_bytes)
         self.db = Database(settings.database_url)
         self.db.create_schema()
-        self.rule_set: RuleSet = load_rule_set(
-            settings.rules_dir, networks=network_names(), destinations=list(settings.destinations)
-        )
+        self.rules = RulesKeeper(self.db, settings.rules_dir, network_names(), list(settings.destinations))
         self.registry = registry or default_registry()
         self.dispatcher = Dispatcher(
             self.db, self.spool.root, settings.destinations, settings.dispatch, settings.node.ae_title
         )
-        self.pipeline = Pipeline(self.db, self.spool, settings, lambda: self.rule_set, self.registry, self.dispatcher)
+        self.pipeline = Pipeline(
+            self.db, self.spool, settings, lambda: self.rules.active, self.registry, self.dispatcher
+        )
         self.receiver = Receiver(self.db, self.spool, settings.node, on_change=self.wake)
         self.housekeeping = Housekeeping()
         self._wake = threading.Event()
@@ -49,6 +52,14 @@ class Node:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def rule_set(self) -> RuleSet:
+        return self.rules.active
+
+    @property
+    def pid_file(self) -> Path:
+        return self.spool.root / "scintnode.pid"
 
     def start(self) -> None:
         log.info(
@@ -65,10 +76,12 @@ class Node:
         self.housekeeping.every(
             "retention", 3600, lambda: purge_expired(self.db, self.spool, self.settings.storage.retention_days)
         )
+        self.housekeeping.every("rules-watch", 2.0, self.rules.reload_if_changed)
         self.housekeeping.start()
         self._worker.start()
         self.receiver.start()
         self.wake()  # inputs left unrouted by the last run
+        self.pid_file.write_text(f"{os.getpid()}\n")
 
     def stop(self) -> None:
         """Stop taking associations, let the job in progress finish, then stop housekeeping."""
@@ -80,6 +93,7 @@ class Node:
             self._worker.join(timeout=self.settings.job_timeout_seconds)
         self.housekeeping.stop()
         self.db.dispose()
+        self.pid_file.unlink(missing_ok=True)
         log.info("stopped")
 
     def _work(self) -> None:

@@ -44,10 +44,16 @@ def main(argv: list[str]) -> int:
         log.info("received %s", signal.Signals(signum).name)
         stop.set()
 
+    def request_reload(_signum: int, _frame: FrameType | None) -> None:
+        # reload off the signal handler: it reads files and writes the index
+        threading.Thread(target=node.rules.reload, args=("SIGHUP",), name="rules-reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
     node.start()
     print(f"scintnode listening as {settings.node.ae_title} on port {node.port}", flush=True)
-    stop.wait()
+    while not stop.wait(0.5):
+        pass
     node.stop()
     return 0

@@ -5,6 +5,7 @@ Route stage, for ops staff: the same loader and engine the node uses, run by han
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from scintnode.config import DEFAULT_RULES_DIR, ConfigError, load_settings
 from scintnode.route.dsl import RuleError
 from scintnode.route.engine import Decision, RuleSet
 from scintnode.route.facts import FACT_SPECS, derive_facts
+from scintnode.route.fixtures import FixtureResult, make_fixture, run_fixtures
 from scintnode.route.loader import check_rule_set, rule_files
 
 EXIT_OK = 0
@@ -42,9 +44,33 @@ def _parser() -> argparse.ArgumentParser:
         description="Read each DICOM file's header (no pixel data), print the derived facts and every rule "
         "with matched / not matched and the trace. Patient names are never printed.",
     )
+    check.add_argument("--no-fixtures", action="store_true", help="skip the fixtures in DIR/fixtures/")
     explain.add_argument("files", nargs="+", type=Path, metavar="FILE")
     explain.add_argument("--rules", type=Path, metavar="DIR", help="rules directory (default as for check)")
     explain.add_argument("--config", type=Path, metavar="FILE", help="node config: rules_dir and destinations")
+    fixture = commands.add_parser(
+        "fixture",
+        help="turn DICOM files into rule fixtures (header only, patient data removed, current route expected)",
+    )
+    fixture.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    fixture.add_argument("--out", type=Path, required=True, metavar="DIR", help="e.g. rules/fixtures")
+    fixture.add_argument("--rules", type=Path, metavar="DIR", help="rules directory (default as for check)")
+    fixture.add_argument("--config", type=Path, metavar="FILE")
+    reload = commands.add_parser(
+        "reload",
+        help="make a running node reload its rules now (it validates them and keeps the old set if invalid)",
+    )
+    reload.add_argument("--config", type=Path, metavar="FILE", help="the running node's config")
+    reload.add_argument("--timeout", type=float, default=15.0)
+    replay = commands.add_parser(
+        "replay",
+        help="re-evaluate the stored headers of past inputs and print what would route differently",
+        description="Re-evaluate every input the node completed since --since against the rules in --rules "
+        "(default: the config's rules_dir) and print each one whose route would change.",
+    )
+    replay.add_argument("--since", default="7d", help="how far back, e.g. 12h, 7d (default 7d)")
+    replay.add_argument("--rules", type=Path, metavar="DIR", help="candidate rules directory")
+    replay.add_argument("--config", type=Path, metavar="FILE", help="the node's config (its index and spool)")
     return parser
 
 
@@ -53,6 +79,14 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed its message already
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "reload":
+        from scintnode.route.operate import reload_running_node
+
+        return reload_running_node(args.config, args.timeout, sys.stdout, sys.stderr)
+    if args.command == "replay":
+        from scintnode.route.operate import replay
+
+        return replay(args.config, args.rules, args.since, sys.stdout, sys.stderr)
     try:
         directory, destinations = _rules_and_destinations(
             args.directory if args.command == "check" else args.rules, args.config
@@ -65,9 +99,14 @@ def main(argv: list[str]) -> int:
         _print_errors(errors, sys.stderr)
         return EXIT_INVALID
     assert rule_set is not None
+    if args.command == "fixture":
+        return _write_fixtures(rule_set, args.files, args.out, sys.stdout)
     if args.command == "check":
         _print_check(rule_set, destinations is not None, sys.stdout)
-        return EXIT_OK
+        fixtures = rule_set.directory / "fixtures"
+        if args.no_fixtures or not fixtures.is_dir():
+            return EXIT_OK
+        return _print_fixtures(run_fixtures(rule_set, fixtures), sys.stdout)
     return _explain(rule_set, args.files, sys.stdout, sys.stderr)
 
 
@@ -76,6 +115,27 @@ def _rules_and_destinations(directory: Path | None, config: Path | None) -> tupl
         return directory or DEFAULT_RULES_DIR, None
     settings = load_settings(config)
     return directory or settings.rules_dir, sorted(settings.destinations)
+
+
+def _write_fixtures(rule_set: RuleSet, files: Sequence[Path], out_dir: Path, out: TextIO) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        header = dcmread(path, stop_before_pixels=True)
+        document = make_fixture(header, rule_set, f"from {path.name}")
+        target = out_dir / f"{path.stem}.json"
+        target.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"{target}: expects {document['expect']}", file=out)
+    return EXIT_OK
+
+
+def _print_fixtures(results: Sequence[FixtureResult], out: TextIO) -> int:
+    failed = [r for r in results if not r.passed]
+    for result in results:
+        print(f"  fixture {result.name}: {'ok' if result.passed else 'FAILED'}", file=out)
+        if not result.passed:
+            print(f"    {result.error or f'expected {result.expected}, got {result.got}'}", file=out)
+    print(f"{len(results) - len(failed)}/{len(results)} fixture(s) routed as expected", file=out)
+    return EXIT_INVALID if failed else EXIT_OK
 
 
 def _print_errors(errors: Sequence[RuleError], out: TextIO) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -38,7 +39,57 @@ def render_overlay(
     grey, heat = _checked(image, heatmap)
     if not lines:
         raise ValueError("an overlay needs at least one line of text (class, score, 'AI result, unverified')")
-    scale = max(1, math.ceil(MIN_WIDTH_PX / grey.shape[1]))
+    picture = _blend(grey, heat, max(1, math.ceil(MIN_WIDTH_PX / grey.shape[1])), markers)
+    return np.ascontiguousarray(np.concatenate([_banner(lines, picture.shape[1]), picture], axis=0))
+
+
+@dataclass(frozen=True)
+class PanelPicture:
+    """One view of a several-view picture: grey image and heatmap (0..1, same shape), caption, hot spots."""
+
+    image: np.ndarray
+    heatmap: np.ndarray
+    caption: str
+    markers: Sequence[tuple[float, float]] = ()
+
+
+def render_panels(panels: Sequence[PanelPicture], lines: Sequence[str]) -> np.ndarray:
+    """RGB uint8 picture of several views (e.g. whole-body anterior and posterior) under one text banner.
+
+    Each panel is drawn as in ``render_overlay``, with the same integer scale, its caption in a strip above
+    it. Upright panels (taller than wide) sit side by side, lying ones one above the other, with a gap."""
+    if not panels:
+        raise ValueError("a several-view picture needs at least one panel")
+    if not lines:
+        raise ValueError("an overlay needs at least one line of text (class, score, 'AI result, unverified')")
+    checked = [_checked(p.image, p.heatmap) for p in panels]
+    upright = all(grey.shape[0] >= grey.shape[1] for grey, _ in checked)
+    total_width = sum(g.shape[1] for g, _ in checked) if upright else max(g.shape[1] for g, _ in checked)
+    scale = max(1, math.ceil(MIN_WIDTH_PX / total_width))
+    drawn = [_blend(grey, heat, scale, p.markers) for (grey, heat), p in zip(checked, panels, strict=True)]
+    width = max(d.shape[1] for d in drawn)
+    captioned = [np.concatenate([_banner([p.caption], d.shape[1]), d], axis=0) for p, d in zip(panels, drawn, strict=True)]
+    gap = max(4, 4 * scale)
+    if upright:
+        height = max(c.shape[0] for c in captioned)
+        parts = []
+        for index, part in enumerate(captioned):
+            if index:
+                parts.append(np.zeros((height, gap, 3), dtype=np.uint8))
+            parts.append(np.pad(part, ((0, height - part.shape[0]), (0, 0), (0, 0))))
+        body = np.concatenate(parts, axis=1)
+    else:
+        parts = []
+        for index, part in enumerate(captioned):
+            if index:
+                parts.append(np.zeros((gap, width, 3), dtype=np.uint8))
+            parts.append(np.pad(part, ((0, 0), (0, width - part.shape[1]), (0, 0))))
+        body = np.concatenate(parts, axis=0)
+    return np.ascontiguousarray(np.concatenate([_banner(lines, body.shape[1]), body], axis=0))
+
+
+def _blend(grey: np.ndarray, heat: np.ndarray, scale: int, markers: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The grey image scaled by ``scale`` with the heatmap in colour and rings at the markers."""
     size = (grey.shape[1] * scale, grey.shape[0] * scale)
     grey_big = cv2.resize(grey, size, interpolation=cv2.INTER_NEAREST)
     heat_big = np.clip(cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
@@ -59,8 +110,7 @@ def render_overlay(
             thickness=max(1, scale // 2),
             lineType=cv2.LINE_AA,
         )
-
-    return np.ascontiguousarray(np.concatenate([_banner(lines, picture.shape[1]), picture], axis=0))
+    return picture
 
 
 def _checked(image: np.ndarray, heatmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

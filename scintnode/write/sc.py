@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from scintnode.finding import Finding
 from scintnode.phantoms.nm import VIEWS
-from scintnode.write.overlay import render_overlay
+from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
 
 SC_SERIES_NUMBER = 9002
@@ -53,14 +53,29 @@ def build_heatmap_sc(
     source = sources[source_index]
     frame = finding.source_frames[source_index] if finding.source_frames else 1
     image = finding.display_images[source_index]
-    picture = render_overlay(
-        image,
-        finding.heatmaps[source_index],
-        overlay_lines(finding, frame),
-        markers=_markers(finding, source_index, source, image.shape),
-    )
+    panels = [panel for panel in finding.panels if panel.source_index == source_index]
+    if len(panels) > 1:
+        frames = [panel.frame for panel in panels]
+        picture = render_panels(
+            [
+                PanelPicture(p.display, p.heatmap, p.caption, _markers(finding, source_index, source, p.display.shape, p.frame))
+                for p in panels
+            ],
+            overlay_lines(finding, frames),
+        )
+        orientations = {patient_orientation(source, f) for f in frames}
+        # views seen from opposite sides run left-right in opposite directions: no one value is true
+        orientation = orientations.pop() if len(orientations) == 1 else None
+    else:
+        frames = [frame]
+        picture = render_overlay(
+            image,
+            finding.heatmaps[source_index],
+            overlay_lines(finding, frame),
+            markers=_markers(finding, source_index, source, image.shape, frame),
+        )
+        orientation = patient_orientation(source, frame)
     model = finding.model
-    orientation = patient_orientation(source, frame)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=sources[0],
         pixel_array=picture,
@@ -84,7 +99,7 @@ def build_heatmap_sc(
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    reference.ReferencedFrameNumber = frame
+    reference.ReferencedFrameNumber = frames if len(frames) > 1 else frame
     reference.PurposeOfReferenceCodeSequence = [
         hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
     ]
@@ -92,13 +107,13 @@ def build_heatmap_sc(
     sc.BurnedInAnnotation = "YES"
     synthetic = ", synthetic-trained" if model.trained_on_synthetic else ""
     sc.DerivationDescription = (
-        f"{model.name} {model.version}{synthetic}: Grad-CAM heatmap over frame {frame} "
+        f"{model.name} {model.version}{synthetic}: Grad-CAM heatmap over {_frame_words(frames)} "
         f"of {source.SOPInstanceUID}; result text burned in"
     )[:1024]
     return sc
 
 
-def overlay_lines(finding: Finding, frame: int) -> list[str]:
+def overlay_lines(finding: Finding, frame: int | Sequence[int]) -> list[str]:
     """The text burned into the SC: class and score first, the caveats always."""
     model = finding.model
     predicted = model.label(finding.predicted)
@@ -110,7 +125,7 @@ def overlay_lines(finding: Finding, frame: int) -> list[str]:
     lines = [
         f"{predicted.display}: {100.0 * finding.probabilities[finding.predicted]:.1f}%",
         f"Others: {others}" if others else "",
-        f"{UNVERIFIED} - Grad-CAM heatmap, frame {frame}",
+        f"{UNVERIFIED} - Grad-CAM heatmap, {_frame_words([frame] if isinstance(frame, int) else frame)}",
         f"{model.title} v{model.version}",
     ]
     if model.trained_on_synthetic:
@@ -142,12 +157,15 @@ def _view_code(source: Dataset, frame: int) -> str | None:
     return None
 
 
+def _frame_words(frames: Sequence[int]) -> str:
+    return f"frame {frames[0]}" if len(frames) == 1 else "frames " + ", ".join(str(f) for f in frames)
+
+
 def _markers(
-    finding: Finding, source_index: int, source: Dataset, shape: tuple[int, ...]
+    finding: Finding, source_index: int, source: Dataset, shape: tuple[int, ...], frame: int
 ) -> list[tuple[float, float]]:
-    """Hot spots of this source, from source pixel space to display-image space."""
+    """Hot spots of this source's ``frame``, from source pixel space to display-image space."""
     rows, columns = int(source.get("Rows", shape[0])), int(source.get("Columns", shape[1]))
-    frame = finding.source_frames[source_index] if finding.source_frames else 1
     return [
         (hotspot.column * shape[1] / columns, hotspot.row * shape[0] / rows)
         for hotspot in finding.hotspots

@@ -1,0 +1,140 @@
+"""Residual thyroid tissue after thyroidectomy on 131I neck scans, paper 004 (Guo et al., Front. Oncol. 2021,
+doi 10.3389/fonc.2021.762643): ResNet-18 whose final layer is a two-class head.
+
+Called by infer for jobs routed to "i131-neck-resnet18": NM neck scan in (anterior frame), Finding out (2-class
+probabilities, the Grad-CAM of the predicted class on `layer4` mapped back onto the source frame, its peak)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydicom import Dataset
+from torch import Tensor, nn
+
+from scintnode.cam import ClassActivationMap
+from scintnode.finding import Finding
+from scintnode.models.i131_neck_preprocess import FIELD_MM, PreprocessSteps, preprocess
+from scintnode.models.planar import ImageNotUsable, has_anterior_view, map_to_frame, peak_hotspot, read_frame
+from scintnode.models.resnet import FEATURE_WIDTH, STAGE_BLOCKS, ResNet
+from scintnode.models.spec import Code, LabelSpec, ModelSpec
+from scintnode.models.weights_file import file_sha256, load_float_state, save_half_precision
+
+NAME = "i131-neck-resnet18"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / f"{NAME}.pt"
+CAM_LAYER = "layer4"
+# No SNOMED CT concept for "residual thyroid tissue after thyroidectomy" appears in the DICOM code tables
+# (dicom-conventions.md §4.4), so both answers use local codes of the private scheme 99SCINT (PS3.16 8.2:
+# designators beginning "99" are private).
+LOCAL_SCHEME = "99SCINT"
+LABELS: tuple[LabelSpec, ...] = (
+    LabelSpec(
+        "no_residual", "No residual thyroid tissue", Code("RTT-ABSENT", LOCAL_SCHEME, "No residual thyroid tissue")
+    ),
+    LabelSpec(
+        "residual",
+        "Residual thyroid tissue",
+        Code("RTT-PRESENT", LOCAL_SCHEME, "Residual thyroid tissue after thyroidectomy"),
+    ),
+)
+CLASS_KEYS: tuple[str, ...] = tuple(label.key for label in LABELS)
+POSITIVE = "residual"  # the class the paper's sensitivity, specificity, precision and F1 are about
+FINDING_SITE = Code("45048000", "SCT", "Neck")  # the thyroid bed; the gland itself was removed
+PROCEDURE = Code("7562007", "SCT", "Radioisotope study of endocrine system")
+
+
+class ResidualResNet18(ResNet):
+    """ResNet-18 with `fc` replaced by the paper's two-class layer (512 -> 2); returns logits.
+
+    Every parameter keeps torchvision's name, `fc` included, so a torchvision ResNet-18 fine-tuned to two
+    classes loads whole and an ImageNet one loads through `resnet.load_backbone`."""
+
+    def __init__(self) -> None:
+        super().__init__(STAGE_BLOCKS["resnet18"])
+        self.fc = nn.Linear(FEATURE_WIDTH, len(LABELS))
+
+
+def probabilities(logits: Tensor) -> Tensor:
+    return torch.softmax(logits, dim=1)
+
+
+def network_input(steps: Sequence[PreprocessSteps]) -> Tensor:
+    """The standardised (3, S, S) images of several preprocessed frames as one (N, 3, S, S) batch."""
+    return torch.from_numpy(np.stack([step.standardised for step in steps]))
+
+
+def load_weights(path: Path) -> tuple[ResidualResNet18, dict[str, Any]]:
+    """The network from a weights file written by `save_weights` (fp16 on disk, float32 in memory)."""
+    state, meta = load_float_state(path, CLASS_KEYS, "scintnode train i131-neck")
+    model = ResidualResNet18()
+    model.load_state_dict(state)
+    model.eval()
+    return model, meta
+
+
+def save_weights(model: ResidualResNet18, path: Path, meta: dict[str, Any]) -> None:
+    save_half_precision(model, path, meta, CLASS_KEYS)
+
+
+class I131NeckNetwork:
+    """The loaded classifier; `run` is serialised by a lock so one instance can serve a job runner."""
+
+    def __init__(self, model: ResidualResNet18, spec: ModelSpec, image_size: int, field_mm: float = FIELD_MM) -> None:
+        self.model = model.eval()
+        self.spec = spec
+        self.image_size = image_size
+        self.field_mm = field_mm
+        self._lock = threading.Lock()
+
+    def run(self, sources: Sequence[Dataset]) -> Finding:
+        """Classify the anterior view among `sources` (the first source when none is marked anterior)."""
+        if not sources:
+            raise ImageNotUsable("the i131-neck network needs one planar neck image; the job has no sources")
+        source_index = next((i for i, ds in enumerate(sources) if has_anterior_view(ds)), 0)
+        source = read_frame(sources[source_index])
+        steps = preprocess(source.pixels, source.pixel_spacing_mm, self.image_size, self.field_mm)
+        started = time.perf_counter()
+        with self._lock, ClassActivationMap(self.model, CAM_LAYER) as cam:
+            result = cam(network_input([steps]))
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        probs = probabilities(result.logits)[0].tolist()
+        heatmap = map_to_frame(result.maps[0], steps.box)
+        return Finding(
+            model=self.spec,
+            predicted=CLASS_KEYS[result.class_indices[0]],
+            probabilities=dict(zip(CLASS_KEYS, (float(p) for p in probs), strict=True)),
+            hotspots=peak_hotspot(heatmap, source_index, source.frame_number),
+            display_images=(steps.display,),
+            heatmaps=(heatmap,),
+            source_frames=(source.frame_number,),
+            inference_ms=elapsed_ms,
+        )
+
+
+def model_spec(weights_sha256: str, version: str) -> ModelSpec:
+    return ModelSpec(
+        name=NAME,
+        version=version,
+        title="Residual thyroid tissue on I-131 neck scans (ResNet-18)",
+        labels=LABELS,
+        finding_site=FINDING_SITE,
+        procedure=PROCEDURE,
+        weights_sha256=weights_sha256,
+        trained_on_synthetic=True,
+    )
+
+
+def load_i131_neck_network(weights_path: Path | None = None) -> I131NeckNetwork:
+    """The network with the committed weights (scintnode/weights/i131-neck-resnet18.pt) or those at `weights_path`."""
+    path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
+    model, meta = load_weights(path)
+    spec = model_spec(file_sha256(path), str(meta.get("version", "0")))
+    if not meta.get("synthetic", True):
+        spec = replace(spec, trained_on_synthetic=False)
+    return I131NeckNetwork(model, spec, int(meta["image_size"]), float(meta.get("field_mm", FIELD_MM)))
