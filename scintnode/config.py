@@ -64,6 +64,14 @@ class Destination(_Strict):
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))
 
 
+class HttpSettings(_Strict):
+    """The node's HTTP side: /healthz, /metrics (Prometheus) and the ops page."""
+
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"  # the ops page can resubmit deliveries: keep it off the open network
+    port: int = Field(8087, ge=0, le=65535)  # 0 picks a free port (tests)
+
+
 class DispatchSettings(_Strict):
     base_delay_seconds: float = Field(5, gt=0)
     max_delay_seconds: float = Field(600, gt=0)
@@ -75,6 +83,8 @@ class Settings(_Strict):
     storage: StorageSettings = StorageSettings()
     completion: CompletionSettings = CompletionSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    http: HttpSettings = HttpSettings()
+    shadow_rules_dir: Path | None = None  # a candidate rule set evaluated beside the active one, acting on nothing
     destinations: dict[str, Destination] = Field(default_factory=dict)
     rules_dir: Path = DEFAULT_RULES_DIR
     job_timeout_seconds: float = Field(300, gt=0)
@@ -112,4 +122,7 @@ def load_settings(path: Path | None) -> Settings:
     rules_dir = settings.rules_dir if settings.rules_dir.is_absolute() else (base / settings.rules_dir).resolve()
     if "rules_dir" not in raw:
         rules_dir = DEFAULT_RULES_DIR
-    return settings.model_copy(update={"storage": storage, "rules_dir": rules_dir})
+    shadow = settings.shadow_rules_dir
+    if shadow is not None and not shadow.is_absolute():
+        shadow = (base / shadow).resolve()
+    return settings.model_copy(update={"storage": storage, "rules_dir": rules_dir, "shadow_rules_dir": shadow})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from scintnode.config import Settings
 from scintnode.db import Database
+from scintnode.metrics import Metrics
 from scintnode.models.catalog import network_names
 from scintnode.models.registry import Registry, default_registry
 from scintnode.pipeline import Pipeline
@@ -22,6 +23,7 @@ from scintnode.rules_keeper import RulesKeeper
 from scintnode.schedule import Housekeeping
 from scintnode.send import Dispatcher
 from scintnode.spool import Spool
+from scintnode.web import OpsServer
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,29 @@ class Node:
         self.db = Database(settings.database_url)
         self.db.create_schema()
         self.rules = RulesKeeper(self.db, settings.rules_dir, network_names(), list(settings.destinations))
+        self.shadow: RulesKeeper | None = None
+        if settings.shadow_rules_dir is not None:
+            self.shadow = RulesKeeper(
+                self.db, settings.shadow_rules_dir, network_names(), list(settings.destinations), role="candidate"
+            )
+        self.metrics = Metrics()
+        self.metrics.watch_index(self.db)
         self.registry = registry or default_registry()
         self.dispatcher = Dispatcher(
             self.db, self.spool.root, settings.destinations, settings.dispatch, settings.node.ae_title
         )
         self.pipeline = Pipeline(
-            self.db, self.spool, settings, lambda: self.rules.active, self.registry, self.dispatcher
+            self.db,
+            self.spool,
+            settings,
+            lambda: self.rules.active,
+            self.registry,
+            self.dispatcher,
+            metrics=self.metrics,
+            shadow_rules=lambda: self.shadow.active if self.shadow else None,
         )
-        self.receiver = Receiver(self.db, self.spool, settings.node, on_change=self.wake)
+        self.receiver = Receiver(self.db, self.spool, settings.node, on_change=self.wake, metrics=self.metrics)
+        self.web: OpsServer | None = None
         self.housekeeping = Housekeeping()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -61,6 +78,11 @@ class Node:
     def pid_file(self) -> Path:
         return self.spool.root / "scintnode.pid"
 
+    def reload_rules(self, reason: str) -> None:
+        self.rules.reload(reason)
+        if self.shadow is not None:
+            self.shadow.reload(reason)
+
     def start(self) -> None:
         log.info(
             "rule set %s: %d rule(s) from %s",
@@ -77,9 +99,14 @@ class Node:
             "retention", 3600, lambda: purge_expired(self.db, self.spool, self.settings.storage.retention_days)
         )
         self.housekeeping.every("rules-watch", 2.0, self.rules.reload_if_changed)
+        if self.shadow is not None:
+            self.housekeeping.every("shadow-rules-watch", 2.0, self.shadow.reload_if_changed)
         self.housekeeping.start()
         self._worker.start()
         self.receiver.start()
+        if self.settings.http.enabled:
+            self.web = OpsServer(self)
+            self.web.start()
         self.wake()  # inputs left unrouted by the last run
         self.pid_file.write_text(f"{os.getpid()}\n")
 
@@ -87,6 +114,8 @@ class Node:
         """Stop taking associations, let the job in progress finish, then stop housekeeping."""
         log.info("stopping: no new associations; finishing the job in progress")
         self.receiver.stop()
+        if self.web is not None:
+            self.web.stop()
         self._stopping.set()
         self._wake.set()
         if self._worker.is_alive():

@@ -20,9 +20,11 @@ from scintnode.config import Settings
 from scintnode.db import Database, Instance, Job, Output, utcnow
 from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
 from scintnode.infer import InputError, run_network
+from scintnode.metrics import Metrics
 from scintnode.models.registry import Registry, UnknownNetwork
 from scintnode.route import RuleSet
 from scintnode.route.facts import derive_facts
+from scintnode.route.fixtures import route_of
 from scintnode.send import Dispatcher
 from scintnode.spool import Spool
 
@@ -44,6 +46,8 @@ class Pipeline:
         rules: Callable[[], RuleSet],
         registry: Registry,
         dispatcher: Dispatcher,
+        metrics: Metrics | None = None,
+        shadow_rules: Callable[[], RuleSet | None] = lambda: None,
     ) -> None:
         self.db = db
         self.spool = spool
@@ -52,6 +56,8 @@ class Pipeline:
         self.registry = registry
         self.dispatcher = dispatcher
         self.episodes = EpisodeKeeper(db)
+        self.metrics = metrics
+        self.shadow_rules = shadow_rules
 
     def recover(self) -> int:
         """Jobs left running by a stopped or crashed node go back to pending (their outputs never committed)."""
@@ -81,6 +87,8 @@ class Pipeline:
             instance.routed_at = now
         if not present:
             return 0
+        if self.metrics is not None:
+            self.metrics.completed.labels(unit.layer).inc()
         self.db.record_event(
             session, unit.study_uid, "complete", series_uid=unit.series_uid, layer=unit.layer, instances=len(present)
         )
@@ -92,6 +100,7 @@ class Pipeline:
             log.error("series %s cannot be routed: %s", unit.series_uid, exc)
             self.db.record_event(session, unit.study_uid, "unroutable", series_uid=unit.series_uid, error=str(exc))
             return 0
+        self._compare_with_shadow(session, rule_set, header, unit)
         fired = [d for d in decisions if d.fires]
         if not fired:
             log.info("series %s complete (%s): no rule matched", unit.series_uid, unit.layer)
@@ -127,6 +136,31 @@ class Pipeline:
             for request in self.episodes.offer(session, rule, rule_set.version, arrival, now):
                 created += self._create_job(session, rule_set.version, request)
         return created
+
+    def _compare_with_shadow(self, session: Session, rule_set: RuleSet, header: Dataset, unit: ReadyUnit) -> None:
+        """Shadow mode: evaluate the candidate rule set too, act on nothing, report where it would differ."""
+        shadow = self.shadow_rules()
+        if shadow is None:
+            return
+        active, candidate = route_of(rule_set, header), route_of(shadow, header)
+        if active != candidate:
+            log.info(
+                "shadow rules %s would route series %s differently: %s instead of %s",
+                shadow.version[:12],
+                unit.series_uid,
+                candidate,
+                active,
+            )
+            self.db.record_event(
+                session,
+                unit.study_uid,
+                "shadow-differs",
+                series_uid=unit.series_uid,
+                active=active,
+                candidate=candidate,
+                active_version=rule_set.version,
+                candidate_version=shadow.version,
+            )
 
     def _create_job(self, session: Session, version: str, request: JobRequest) -> int:
         rule = request.rule
@@ -249,6 +283,10 @@ class Pipeline:
                 job=job_id,
                 outputs=[{"kind": k, "sop_instance_uid": str(d.SOPInstanceUID)} for k, d, _ in stored],
             )
+        if self.metrics is not None:
+            self.metrics.inference.labels(network_name).observe(result.inference_ms / 1000)
+            self.metrics.job_total.labels(network_name).observe(result.total_ms / 1000)
+            self.metrics.jobs.labels(network_name, "done").inc()
         log.info(
             "job %d (%s) done: %s, inference %.0f ms, total %.0f ms",
             job_id,
@@ -266,6 +304,8 @@ class Pipeline:
             if job is None:
                 return
             job.state, job.error, job.finished_at = "failed", error, utcnow()
+            if self.metrics is not None:
+                self.metrics.jobs.labels(job.network, "failed").inc()
             self.db.record_event(session, job.study_uid, "failed", job=job_id, error=error)
 
     @staticmethod

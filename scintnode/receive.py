@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from scintnode.config import NodeSettings
 from scintnode.db import Database, Instance, Series, utcnow
+from scintnode.metrics import Metrics
 from scintnode.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -108,12 +109,18 @@ class Receiver:
     """The Storage SCP: accepts associations, stores instances, tracks which series each association fed."""
 
     def __init__(
-        self, db: Database, spool: Spool, settings: NodeSettings, on_change: Callable[[], None] = lambda: None
+        self,
+        db: Database,
+        spool: Spool,
+        settings: NodeSettings,
+        on_change: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
         self.settings = settings
         self.on_change = on_change  # wakes the pipeline: new data or a released association
+        self.metrics = metrics
         self._associations: dict[int, _AssociationLog] = {}
         self._lock = threading.Lock()  # serialises index writes (SQLite has one writer anyway)
         self._server: ThreadedAssociationServer | None = None
@@ -221,6 +228,11 @@ class Receiver:
                 entry.stored += 1
             else:
                 entry.rejected += 1
+        if self.metrics is not None:
+            if status == 0x0000:
+                self.metrics.received.labels(entry.calling_ae if entry else "").inc()
+            else:
+                self.metrics.rejected.labels(f"0x{status:04X}").inc()
         return status
 
     def _store(self, event: evt.Event, entry: _AssociationLog | None) -> int:

@@ -37,8 +37,16 @@ def folder_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 class RulesKeeper:
-    def __init__(self, db: Database, directory: Path, networks: Iterable[str], destinations: Iterable[str]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        directory: Path,
+        networks: Iterable[str],
+        destinations: Iterable[str],
+        role: str = "active",
+    ) -> None:
         self.db = db
+        self.role = role  # "active" routes; "candidate" (shadow mode) is only compared
         self.directory = directory
         self.networks = tuple(networks)
         self.destinations = tuple(destinations)
@@ -64,12 +72,20 @@ class RulesKeeper:
                 log.error("rule reload (%s) refused; keeping %s: %s", reason, old.version[:12], "; ".join(problems))
                 with self.db.session() as session:
                     self.db.record_event(
-                        session, NODE_EVENTS, "rules-refused", reason=reason, kept=old.version, errors=problems
+                        session,
+                        NODE_EVENTS,
+                        "rules-refused",
+                        reason=reason,
+                        kept=old.version,
+                        errors=problems,
+                        role=self.role,
                     )
                 return ReloadOutcome(False, False, old.version, "refused: " + "; ".join(problems))
             if rule_set.version == old.version:
                 with self.db.session() as session:
-                    self.db.record_event(session, NODE_EVENTS, "rules-unchanged", reason=reason, version=old.version)
+                    self.db.record_event(
+                        session, NODE_EVENTS, "rules-unchanged", reason=reason, version=old.version, role=self.role
+                    )
                 return ReloadOutcome(True, False, old.version, "unchanged")
             self._active = rule_set
             self._record(rule_set)
@@ -83,6 +99,7 @@ class RulesKeeper:
                     old=old.version,
                     new=rule_set.version,
                     rules=[r.name for r in rule_set.rules],
+                    role=self.role,
                 )
             return ReloadOutcome(True, True, rule_set.version, f"{old.version[:12]} -> {rule_set.version[:12]}")
 

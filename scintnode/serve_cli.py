@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
 
     def request_reload(_signum: int, _frame: FrameType | None) -> None:
         # reload off the signal handler: it reads files and writes the index
-        threading.Thread(target=node.rules.reload, args=("SIGHUP",), name="rules-reload", daemon=True).start()
+        threading.Thread(target=node.reload_rules, args=("SIGHUP",), name="rules-reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)

@@ -45,13 +45,13 @@ def main(argv: list[str]) -> int:
                 f"  #{episode.id:<5} rule {episode.rule_name:<28} patient {episode.join_key:<16} filled: {slots}; "
                 f"deadline {episode.deadline_at:%Y-%m-%d %H:%M:%S} UTC{again}"
             )
-        counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())
+        counts = {k: v for k, v in session.execute(select(Job.state, func.count()).group_by(Job.state))}
         print("Jobs: " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none"))
         for job in session.scalars(select(Job).order_by(Job.id.desc()).limit(args.limit)):
             result = job.result or {}
             what = result.get("predicted", job.error[:60] if job.error else "")
             print(f"  #{job.id:<5} {job.state:<8} {job.network:<18} rule {job.rule_name:<20} {what}")
-        queue = dict(session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).tuples().all())
+        queue = {k: v for k, v in session.execute(select(Delivery.state, func.count()).group_by(Delivery.state))}
         print("Deliveries: " + (", ".join(f"{state} {n}" for state, n in sorted(queue.items())) or "none"))
     db.dispose()
     return 0

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Sets up scintnode on a fresh Debian machine: the Debian tools it uses (DCMTK as the modality, Orthanc as
-# the PACS, dicom3tools' dciodvfy as the validator), a virtual environment with torch 2.13.0 (CPU) and the
-# package itself. Safe to run again.
+# the PACS, dicom3tools' dciodvfy as the validator, Chromium for the ops-page test), a virtual environment
+# with torch 2.13.0 (CPU) and the package itself. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in storescu dciodvfy Orthanc; do
+for tool in storescu dciodvfy Orthanc chromium; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "Installing Debian packages (dcmtk, dicom3tools, orthanc) for: ${missing[*]}"
+  echo "Installing Debian packages (dcmtk, dicom3tools, orthanc, chromium) for: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    dcmtk dicom3tools orthanc >/dev/null
+    dcmtk dicom3tools orthanc chromium >/dev/null
 fi
 
 python=${PYTHON:-python3.11}

@@ -5,6 +5,7 @@ Route stage, for ops staff: the same loader and engine the node uses, run by han
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -172,21 +173,33 @@ def _explain(rule_set: RuleSet, files: Sequence[Path], out: TextIO, err: TextIO)
             status = EXIT_INVALID
             continue
         print(f"\n== {path}", file=out)
-        print(f"   {_describe_header(header)}", file=out)
-        facts = derive_facts(header)
-        print("facts:", file=out)
-        width = max(len(name) for name in FACT_SPECS)
-        for name, fact in facts.items():
-            print(f"  {name:<{width}}  {fact.describe()}", file=out)
-        decisions = rule_set.evaluate(header, facts)
-        print("rules:", file=out)
-        for decision in decisions:
-            print(f"  {_verdict(decision)}", file=out)
-            for line in decision.trace:
-                print(f"    {line}", file=out)
-        firing = [d.rule.name for d in decisions if d.fires]
-        print(f"result: {'fires ' + ', '.join(firing) if firing else 'no rule fires'}", file=out)
+        print(explain_text(rule_set, header), file=out, end="")
     return status
+
+
+def explain_text(rule_set: RuleSet, header: Dataset) -> str:
+    """For one header: what it is, the derived facts, every rule with its trace, and what fires."""
+    out = io.StringIO()
+    print(f"   {_describe_header(header)}", file=out)
+    facts = derive_facts(header)
+    print("facts:", file=out)
+    width = max(len(name) for name in FACT_SPECS)
+    for name, fact in facts.items():
+        print(f"  {name:<{width}}  {fact.describe()}", file=out)
+    decisions = rule_set.evaluate(header, facts)
+    print("rules:", file=out)
+    for decision in decisions:
+        print(f"  {_verdict(decision)}", file=out)
+        for line in decision.trace:
+            print(f"    {line}", file=out)
+        if decision.fires and decision.rule.episode is not None:
+            slots = decision.rule.episode.classify(header, facts)
+            names = ", ".join(slot.name for slot, _ in slots)
+            verdict = f"slot {names}" if len(slots) == 1 else f"ambiguous ({names or 'no slot fits'})"
+            print(f"    episode: {verdict}", file=out)
+    firing = [d.rule.name for d in decisions if d.fires]
+    print(f"result: {'fires ' + ', '.join(firing) if firing else 'no rule fires'}", file=out)
+    return out.getvalue()
 
 
 def _describe_header(header: Dataset) -> str:

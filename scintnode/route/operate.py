@@ -49,9 +49,11 @@ def reload_running_node(config: Path | None, timeout: float, out: TextIO, err: T
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with db.session() as session:
-                answer = session.scalars(
+                answers = session.scalars(
                     select(Event).where(Event.id > last, Event.study_uid == NODE_EVENTS, Event.kind.in_(RELOAD_EVENTS))
-                ).first()
+                ).all()
+            # the shadow (candidate) rule set reloads on the same signal; this command reports the active one
+            answer = next((e for e in answers if e.detail.get("role", "active") == "active"), None)
             if answer is not None:
                 detail = answer.detail
                 if answer.kind == "rules-refused":
