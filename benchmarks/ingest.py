@@ -1,0 +1,224 @@
+"""Ingest benchmark: scintnode beside DCMTK storescp and Orthanc, receiving the same sets in the same run.
+
+DCMTK storescu sends each set over loopback with 1 and 4 parallel associations (TCP_NODELAY=1 for every
+DCMTK-based party). Each receiver is started fresh and answers C-ECHO before the clock starts; a run
+counts only if every instance was stored. scintnode runs as `scintnode serve` with an empty rule set, so
+what is measured is receive: bytes on disk (fsync) and indexed before success is answered.
+
+    .venv/bin/python -m benchmarks.ingest [--ct 300 --nm 300 --wb 20 --rounds 3 --json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.datasets import write_ct, write_nm
+from scintnode.orthanc import OrthancServer, free_port
+
+TICKS = os.sysconf("SC_CLK_TCK")
+NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass
+class Row:
+    receiver: str
+    dataset: str
+    associations: int
+    instances: int
+    seconds: float
+    megabytes: float
+    cpu_seconds: float
+    rss_mb: float
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds
+
+
+@dataclass
+class Receiver:
+    name: str
+    port: int
+    called_ae: str
+    pid: int
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / TICKS  # utime stime cutime cstime
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _wait_echo(port: int, ae: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = subprocess.run(["echoscu", "-aec", ae, "127.0.0.1", str(port)], capture_output=True, env=NODELAY)
+        if result.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"no C-ECHO answer on port {port}")
+
+
+@contextmanager
+def scintnode(workdir: Path) -> Iterator[Receiver]:
+    rules = workdir / "no-rules"
+    rules.mkdir(parents=True, exist_ok=True)
+    config = workdir / "node.yaml"
+    config.write_text(
+        f"node: {{port: 0, bind_address: 127.0.0.1}}\nstorage: {{root: {workdir / 'spool'}}}\n"
+        f"rules_dir: {rules}\nhttp: {{enabled: false}}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scintnode", "serve", "--config", str(config), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    port = 0
+    for line in process.stdout:
+        match = re.search(r"on port (\d+)", line)
+        if match:
+            port = int(match.group(1))
+            break
+    _wait_echo(port, "SCINTNODE")
+    try:
+        yield Receiver("scintnode", port, "SCINTNODE", process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+@contextmanager
+def dcmtk(workdir: Path) -> Iterator[Receiver]:
+    out = workdir / "dcmtk"
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        ["storescp", "--fork", "-aet", "DCMTK", "-od", str(out), str(port)],
+        env=NODELAY,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_echo(port, "DCMTK")
+    try:
+        yield Receiver("dcmtk storescp", port, "DCMTK", process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def orthanc(workdir: Path) -> Iterator[Receiver]:
+    with OrthancServer(workdir / "orthanc") as server:
+        _wait_echo(server.dicom_port, server.ae_title)
+        assert server._process is not None
+        yield Receiver("orthanc", server.dicom_port, server.ae_title, server._process.pid)
+
+
+RECEIVERS = {"dcmtk": dcmtk, "orthanc": orthanc, "scintnode": scintnode}
+
+
+def send(receiver: Receiver, files: list[Path], associations: int) -> float:
+    chunks = [files[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-R", "-aec", receiver.called_ae, "127.0.0.1", str(receiver.port), *map(str, chunk)],
+            env=NODELAY,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for chunk in chunks
+    ]
+    for sender in senders:
+        _, err = sender.communicate()
+        if sender.returncode != 0 or "Failed" in err or "Error" in err:
+            raise RuntimeError(f"storescu to {receiver.name} failed: {err[-500:]}")
+    return time.perf_counter() - started
+
+
+def measure(name: str, dataset: str, files: list[Path], associations: int, workdir: Path) -> Row:
+    with RECEIVERS[name](workdir / f"{name}-{dataset}-{associations}") as receiver:
+        cpu_before = _cpu_seconds(receiver.pid)
+        seconds = send(receiver, files, associations)
+        cpu = _cpu_seconds(receiver.pid) - cpu_before
+        rss = _rss_mb(receiver.pid)
+    size = sum(p.stat().st_size for p in files) / 1e6
+    return Row(receiver.name, dataset, associations, len(files), seconds, size, cpu, rss)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ct", type=int, default=300)
+    parser.add_argument("--nm", type=int, default=300)
+    parser.add_argument("--wb", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per cell; the median is reported")
+    parser.add_argument("--receivers", default="dcmtk,orthanc,scintnode")
+    parser.add_argument("--json", type=Path, help="also write every run as JSON")
+    args = parser.parse_args(argv)
+    for tool in ("storescu", "storescp", "echoscu"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: install dcmtk (scripts/setup.sh does)")
+            return 2
+    workdir = Path(tempfile.mkdtemp(prefix="scintnode-bench-"))
+    print(f"writing synthetic sets under {workdir} ...", flush=True)
+    sets = {
+        "ct 512x512": write_ct(workdir / "sets" / "ct", args.ct),
+        "nm 256x256": write_nm(workdir / "sets" / "nm", args.nm),
+        "wb nm 2x1024x256": write_nm(workdir / "sets" / "wb", args.wb, whole_body=True),
+    }
+    rows: list[Row] = []
+    for dataset, files in sets.items():
+        for associations in (1, 4):
+            for name in args.receivers.split(","):
+                runs = [measure(name, dataset, files, associations, workdir / f"r{r}") for r in range(args.rounds)]
+                runs.sort(key=lambda row: row.seconds)
+                rows.append(runs[len(runs) // 2])
+                print(
+                    f"  {name:<10} {dataset:<18} x{associations}: "
+                    f"{statistics.median(r.per_second for r in runs):7.1f} inst/s",
+                    flush=True,
+                )
+    print()
+    print("| receiver | set | assoc | inst/s | MB/s | x dcmtk | rx CPU ms/inst | peak RSS MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        base = next(
+            r
+            for r in rows
+            if r.receiver == "dcmtk storescp" and r.dataset == row.dataset and r.associations == row.associations
+        )
+        print(
+            f"| {row.receiver} | {row.dataset} | {row.associations} | {row.per_second:.0f} | "
+            f"{row.megabytes / row.seconds:.0f} | {row.per_second / base.per_second:.2f} | "
+            f"{1000 * row.cpu_seconds / row.instances:.2f} | {row.rss_mb:.0f} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
