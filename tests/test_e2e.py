@@ -8,10 +8,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -28,6 +25,7 @@ from scintnode.orthanc import OrthancServer, SeriesInPacs
 from scintnode.phantoms.thyroid import write_studies
 from scintnode.storescu import send_files
 from tests.dicom_validation import assert_dciodvfy_clean, assert_dsrdump_parses
+from tests.harness import start_node_process
 
 pytestmark = pytest.mark.e2e
 
@@ -73,26 +71,15 @@ def test_thyroid_study_through_the_node_process_into_orthanc(
             }
         )
     )
-    node = subprocess.Popen(
-        [sys.executable, "-m", "scintnode", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "node.log"
+    node, port = start_node_process(config, log)
     try:
-        assert node.stdout is not None
-        port = None
-        for line in node.stdout:
-            match = re.search(r"scintnode listening as SCINTNODE on port (\d+)", line)
-            if match:
-                port = int(match.group(1))
-                break
-        assert port is not None, "the node did not start"
         send_files([study_file], "127.0.0.1", port, "SCINTNODE", calling_ae="SCINTCAM")
         series = wait_for_series(pacs, str(entry["study_instance_uid"]))
     finally:
         node.send_signal(signal.SIGTERM)
-        output, _ = node.communicate(timeout=60)
+        node.wait(timeout=60)
+    output = log.read_text()
     assert node.returncode == 0, output
     assert "Patient" not in output and "SYNTHETIC^THYROID" not in output  # no patient names in the log
 

@@ -3,21 +3,17 @@ set, twenty reloads under four streaming senders, fixtures, replay, and the audi
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from pydicom import dcmread
-from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from scintnode.audit_cli import main as audit
@@ -25,47 +21,15 @@ from scintnode.config import DEFAULT_RULES_DIR, Settings
 from scintnode.db import Database, Event, Instance, Job, RuleSetRecord
 from scintnode.node import Node
 from scintnode.orthanc import free_port
-from scintnode.phantoms import nm
 from scintnode.route.cli import main as rules_cli
 from scintnode.storescu import send_files
+from tests.harness import planar_scan, start_node_process, wait_for
 
 
 def copy_rules(tmp_path: Path) -> Path:
     target = tmp_path / "rules"
     shutil.copytree(DEFAULT_RULES_DIR, target)
     return target
-
-
-def thyroid_scan(folder: Path, pid: str, minutes: int = 20) -> Path:
-    patient = nm.Patient(pid, f"SYNTHETIC^OPS^{pid}", dt.date(1970, 1, 1), "F")
-    start = dt.datetime(2026, 3, 2, 9, 0)
-    study = nm.StudyInfo(generate_uid(), start, accession=pid[-8:], description="(synthetic)")
-    counts = np.random.default_rng(abs(hash(pid)) % 2**32).poisson(40, size=(1, 64, 64)).astype(np.uint16)
-    ds = nm.build_nm_image(
-        counts,
-        patient=patient,
-        study=study,
-        series_uid=generate_uid(),
-        series_number=1,
-        series_description="THYROID ANT (synthetic)",
-        agent="pertechnetate",
-        views=("anterior",),
-        acquired=start + dt.timedelta(minutes=minutes),
-        injected=start,
-        dose_mbq=100.0,
-        pixel_spacing_mm=(2.0, 2.0),
-        body_part="THYROID",
-    )
-    return nm.save(ds, folder / f"{pid}.dcm")
-
-
-def wait_for(condition: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -128,16 +92,9 @@ def test_twenty_reloads_while_four_senders_stream_lose_and_duplicate_nothing(tmp
     studies = tmp_path / "studies"
     studies.mkdir()
     per_sender = 6
-    batches = [[thyroid_scan(studies, f"SYNOPS{s}{n:03d}") for n in range(per_sender)] for s in range(4)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scintnode", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    batches = [[planar_scan(studies, f"SYNOPS{s}{n:03d}") for n in range(per_sender)] for s in range(4)]
+    process, port = start_node_process(config, tmp_path / "node.log")
     try:
-        assert process.stdout is not None
-        port = next(int(m.group(1)) for line in process.stdout if (m := re.search(r"on port (\d+)", line)))
         failures: list[BaseException] = []
 
         def stream(files: list[Path]) -> None:
@@ -187,7 +144,7 @@ def test_twenty_reloads_while_four_senders_stream_lose_and_duplicate_nothing(tmp
     finally:
         process.terminate()
         process.wait(timeout=60)
-    assert process.returncode == 0
+    assert process.returncode == 0, (tmp_path / "node.log").read_text()[-3000:]
 
 
 def test_rules_reload_without_a_running_node_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,17 +171,17 @@ def test_check_fails_when_a_fixture_would_route_differently(tmp_path: Path, caps
 
 
 def test_fixture_command_strips_patient_data(tmp_path: Path) -> None:
-    scan = thyroid_scan(tmp_path, "SYNFIXTURE")
+    scan = planar_scan(tmp_path, "SYNFIXTURE")
     assert rules_cli(["fixture", str(scan), "--out", str(tmp_path / "fx")]) == 0
     text = (tmp_path / "fx" / "SYNFIXTURE.json").read_text()
-    assert "SYNTHETIC^OPS" not in text and "SYNFIXTURE" not in text.split('"expect"')[1].split("00100020")[0]
+    assert "SYNTHETIC^SCAN" not in text and "SYNFIXTURE" not in text.split('"expect"')[1].split("00100020")[0]
     assert '"thyroid-pertechnetate-planar"' in text
 
 
 def test_replay_shows_what_a_candidate_rule_set_would_change(
     node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scan = thyroid_scan(tmp_path, "SYNREPLAY")
+    scan = planar_scan(tmp_path, "SYNREPLAY")
     send_files([scan], "127.0.0.1", node.port, "SCINTNODE")
     wait_for(lambda: bool(kinds(node, "matched")))
     candidate = tmp_path / "candidate"
@@ -252,7 +209,7 @@ def test_replay_shows_what_a_candidate_rule_set_would_change(
 def test_audit_prints_the_study_timeline_without_patient_names(
     node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scan = thyroid_scan(tmp_path, "SYNAUDIT")
+    scan = planar_scan(tmp_path, "SYNAUDIT")
     send_files([scan], "127.0.0.1", node.port, "SCINTNODE", calling_ae="AUDITCAM")
     study = str(dcmread(scan).StudyInstanceUID)
     wait_for(lambda: any(e.kind in ("written", "failed") for e in kinds(node, "written") + kinds(node, "failed")))
@@ -264,4 +221,4 @@ def test_audit_prints_the_study_timeline_without_patient_names(
     for kind in ("received", "complete", "matched"):
         assert kind in shown
     assert "calling_ae=AUDITCAM" in shown and "address=127.0.0.1" in shown and "layer=nm-object" in shown
-    assert "SYNTHETIC^OPS" not in shown
+    assert "SYNTHETIC^SCAN" not in shown

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 from pydicom import dcmread
@@ -22,32 +19,10 @@ from scintnode.config import DEFAULT_RULES_DIR, Settings
 from scintnode.db import Delivery, Event, Job, Output
 from scintnode.node import Node
 from scintnode.orthanc import free_port
-from scintnode.phantoms import nm
 from scintnode.storescu import send_files
+from tests.harness import planar_scan, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def scan(folder: Path, pid: str, agent: str = "pertechnetate") -> Path:
-    patient = nm.Patient(pid, f"SYNTHETIC^WEB^{pid}", dt.date(1970, 1, 1), "F")
-    start = dt.datetime(2026, 3, 2, 9, 0)
-    study = nm.StudyInfo(generate_uid(), start, accession=pid[-8:], description="(synthetic)")
-    ds = nm.build_nm_image(
-        np.full((1, 32, 32), 7, np.uint16),
-        patient=patient,
-        study=study,
-        series_uid=generate_uid(),
-        series_number=1,
-        series_description="THYROID ANT (synthetic)",
-        agent=agent,
-        views=("anterior",),
-        acquired=start + dt.timedelta(minutes=20),
-        injected=start,
-        dose_mbq=100.0,
-        pixel_spacing_mm=(2.0, 2.0),
-        body_part="THYROID",
-    )
-    return nm.save(ds, folder / f"{pid}.dcm")
 
 
 @pytest.fixture
@@ -91,15 +66,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def wait_for(condition: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def events(node: Node, kind: str) -> list[Event]:
     with node.db.session() as session:
         return list(session.scalars(select(Event).where(Event.kind == kind)))
@@ -114,7 +80,7 @@ def test_health_reports_ok_with_its_checks(node: Node) -> None:
 
 def test_counters_move_with_traffic(node: Node, tmp_path: Path) -> None:
     _, before = get(node, "/metrics")
-    good = scan(tmp_path, "SYNMETRIC")
+    good = planar_scan(tmp_path, "SYNMETRIC")
     send_files([good], "127.0.0.1", node.port, "SCINTNODE", calling_ae="METRICCAM")
     bad = tmp_path / "bad.dcm"
     ds = dcmread(good)
@@ -133,7 +99,7 @@ def test_counters_move_with_traffic(node: Node, tmp_path: Path) -> None:
 
 
 def test_shadow_mode_reports_decisions_that_would_differ(node: Node, tmp_path: Path) -> None:
-    send_files([scan(tmp_path, "SYNSHADOW")], "127.0.0.1", node.port, "SCINTNODE")
+    send_files([planar_scan(tmp_path, "SYNSHADOW")], "127.0.0.1", node.port, "SCINTNODE")
     wait_for(lambda: bool(events(node, "shadow-differs")))
     differs = events(node, "shadow-differs")[0].detail
     assert "thyroid-pertechnetate-planar" in differs["active"]["fires"]
@@ -144,7 +110,7 @@ def test_shadow_mode_reports_decisions_that_would_differ(node: Node, tmp_path: P
 
 def test_ops_page_in_a_real_browser(node: Node, tmp_path: Path) -> None:
     assert node.web is not None
-    study_file = scan(tmp_path, "SYNPAGE")
+    study_file = planar_scan(tmp_path, "SYNPAGE")
     send_files([study_file], "127.0.0.1", node.port, "SCINTNODE")
     wait_for(lambda: bool(events(node, "matched")))
     with node.db.session() as session:  # a dead letter to resubmit (an output the PACS refused for good)
@@ -194,7 +160,7 @@ def test_ops_page_in_a_real_browser(node: Node, tmp_path: Path) -> None:
         assert (
             "radiopharmaceutical" in explanation and "fires" in explanation and "episode: slot thyroid" in explanation
         )
-        assert "SYNTHETIC^WEB" not in explanation  # never patient names
+        assert "SYNTHETIC^SCAN" not in explanation  # never patient names
         page.goto(base + "/")
         page.fill("input[name=uid]", str(dcmread(study_file).StudyInstanceUID))
         page.click("form[action='/study'] button")

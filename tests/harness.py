@@ -1,0 +1,85 @@
+"""What many tests need to drive a node as a site would: synthetic planar scans, polling, a node process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from scintnode.phantoms import nm
+
+DAY0 = dt.datetime(2026, 3, 2, 9, 0)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60, poke: Callable[[], None] | None = None) -> None:
+    """Poll `condition` until it is true (calling `poke` between tries, e.g. to wake a node)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if poke is not None:
+            poke()
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def planar_scan(
+    folder: Path,
+    patient_id: str,
+    *,
+    agent: str = "pertechnetate",
+    minutes: float = 20,
+    description: str = "THYROID ANT",
+    body_part: str = "THYROID",
+    study: nm.StudyInfo | None = None,
+    injected: dt.datetime | None = None,
+    size: int = 64,
+) -> Path:
+    """A synthetic single-frame anterior NM image of `patient_id` (names are SYNTHETIC^...)."""
+    patient = nm.Patient(patient_id, f"SYNTHETIC^SCAN^{patient_id}", dt.date(1970, 1, 1), "F")
+    study = study or nm.StudyInfo(generate_uid(), DAY0, accession=patient_id[-8:], description="(synthetic)")
+    injected = injected or study.start
+    seed = sum(map(ord, patient_id + description)) + int(minutes)
+    counts = np.random.default_rng(seed).poisson(40, size=(1, size, size)).astype(np.uint16)
+    ds = nm.build_nm_image(
+        counts,
+        patient=patient,
+        study=study,
+        series_uid=generate_uid(),
+        series_number=1 + int(minutes) % 90,
+        series_description=f"{description} (synthetic)",
+        agent=agent,
+        views=("anterior",),
+        acquired=injected + dt.timedelta(minutes=minutes),
+        injected=injected,
+        dose_mbq=100.0,
+        pixel_spacing_mm=(2.0, 2.0),
+        body_part=body_part,
+    )
+    return nm.save(ds, folder / f"{patient_id}-{ds.SOPInstanceUID[-12:]}.dcm")
+
+
+def start_node_process(config: Path, log: Path, timeout: float = 120) -> tuple[subprocess.Popen[bytes], int]:
+    """`scintnode serve --config` as its own process, logging to `log` (a pipe nobody reads would fill and
+    block the node); returns the process and the DICOM port it reports."""
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scintnode", "serve", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r"scintnode listening as \S+ on port (\d+)", log.read_text(errors="replace"))
+        if match:
+            return process, int(match.group(1))
+        if process.poll() is not None:
+            raise AssertionError(f"the node exited at start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the node did not start listening in time")
