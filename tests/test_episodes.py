@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from scintnode.orthanc import free_port
 from scintnode.phantoms import nm
 from scintnode.phantoms.ct import Contrast, build_ct_series
 from scintnode.storescu import send_files
+from tests import harness
+from tests.harness import planar_scan
 
 DAY0 = dt.datetime(2026, 3, 2, 8, 0)
 
@@ -42,33 +43,16 @@ class Clinic:
     def study(self, start: dt.datetime) -> nm.StudyInfo:
         return nm.StudyInfo(generate_uid(), start, accession=f"SYN{next(self.count):05d}", description="(synthetic)")
 
-    def planar(
-        self,
-        patient: nm.Patient,
-        study: nm.StudyInfo,
-        agent: str,
-        minutes: float,
-        description: str,
-        injected: dt.datetime | None = None,
-    ) -> Path:
-        injected = injected or study.start
-        counts = np.random.default_rng(next(self.count)).poisson(30, size=(1, 64, 64)).astype(np.uint16)
-        ds = nm.build_nm_image(
-            counts,
-            patient=patient,
-            study=study,
-            series_uid=generate_uid(),
-            series_number=next(self.count),
-            series_description=f"{description} (synthetic)",
+    def planar(self, patient: nm.Patient, study: nm.StudyInfo, agent: str, minutes: float, description: str) -> Path:
+        return planar_scan(
+            self.folder,
+            patient.patient_id,
             agent=agent,
-            views=("anterior",),
-            acquired=injected + dt.timedelta(minutes=minutes),
-            injected=injected,
-            dose_mbq=600.0,
-            pixel_spacing_mm=(2.0, 2.0),
+            minutes=minutes,
+            description=description,
             body_part="NECK",
+            study=study,
         )
-        return nm.save(ds, self.folder / f"nm{next(self.count):05d}.dcm")
 
     def ct(self, patient: nm.Patient, study: nm.StudyInfo, enhanced: bool, frame_of_reference: str) -> list[Path]:
         acquired = study.start + dt.timedelta(minutes=5 if enhanced else 2)
@@ -129,13 +113,7 @@ def send(node: Node, *files: Path) -> None:
 
 
 def wait_for(node: Node, condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        node.wake()
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    harness.wait_for(condition, timeout, poke=node.wake)
 
 
 def jobs(node: Node) -> list[Job]:
@@ -304,8 +282,7 @@ def test_ct_phases_sent_in_two_associations_form_one_episode(clinic: Clinic, sta
     node = start_node()
     send(node, *native)
     send(node, *enhanced)
-    job = done_jobs(node, 1)[0]
-    assert job.network == "input-check"
+    job = done_jobs(node, 1, network="ct-parathyroid-unet")[0]
     assert job.slots == ["unenhanced"] * 4 + ["enhanced"] * 4
     assert set(job.inputs) == {str(dcmread(p).SOPInstanceUID) for p in native + enhanced}
 
