@@ -4,11 +4,12 @@ No global settings object: the node builds one Settings and hands the parts each
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 
@@ -28,17 +29,70 @@ def _ae_title(value: str) -> str:
     return value
 
 
+class AllowedCaller(_Strict):
+    """A calling AE title allowed to store, optionally only from an address or network (CIDR)."""
+
+    ae_title: str
+    address: str | None = None  # "10.0.0.7", "10.0.0.0/24", "fd00::/64"; None: from any address
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"address {value!r} is not an IP address or network (CIDR): {exc}") from exc
+
+
+class TlsSettings(_Strict):
+    """DICOM TLS (PS3.15 B.1) on the node's port; with require_client_cert only certified modalities connect."""
+
+    certificate: Path  # PEM server certificate (chain)
+    key: Path  # PEM private key of the certificate
+    client_ca: Path | None = None  # PEM CA certificate(s) that client certificates must chain to
+    require_client_cert: bool = True
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+    handshake_timeout_seconds: float = Field(10, gt=0)
+
+    @model_validator(mode="after")
+    def _client_ca_when_required(self) -> TlsSettings:
+        if self.require_client_cert and self.client_ca is None:
+            raise ValueError("require_client_cert needs client_ca, the CA that signs the modalities' certificates")
+        return self
+
+
+# a plain AE title, or {ae_title, address}; the discriminator keeps error messages to the form used
+CallerEntry = Annotated[
+    Annotated[str, Tag("title")] | Annotated[AllowedCaller, Tag("entry")],
+    Discriminator(lambda value: "title" if isinstance(value, str) else "entry"),
+]
+
+
 class NodeSettings(_Strict):
     ae_title: str = "SCINTNODE"
     bind_address: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)  # 0 picks a free port (tests)
-    # calling AE titles allowed to send; None accepts any caller (logged as a warning at start)
-    allowed_callers: list[str] | None = None
+    # calling AE titles (plain, or with an address/CIDR) allowed to send; None accepts any caller (logged)
+    allowed_callers: list[CallerEntry] | None = None
     max_pdu: int = Field(131072, ge=0)
     network_timeout_seconds: float = Field(60, gt=0)
     workers: int = Field(1, ge=1, le=16)  # concurrent inference jobs
+    max_associations: int = Field(32, ge=1)  # more are rejected (transient, local limit exceeded)
+    max_connections: int = Field(64, ge=1)  # TCP connections, associated or not; more are closed at once
+    tls: TlsSettings | None = None
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _check_callers(cls, value: list[str | AllowedCaller] | None) -> list[str | AllowedCaller] | None:
+        if value is None:
+            return None
+        return [_ae_title(item) if isinstance(item, str) else item for item in value]
 
 
 class StorageSettings(_Strict):
@@ -88,6 +142,8 @@ class Settings(_Strict):
     destinations: dict[str, Destination] = Field(default_factory=dict)
     rules_dir: Path = DEFAULT_RULES_DIR
     job_timeout_seconds: float = Field(300, gt=0)
+    # load every network at start (a first job then pays no loading time); off for short-lived test nodes
+    preload_networks: bool = False
 
     @property
     def database_url(self) -> str:
@@ -125,4 +181,11 @@ def load_settings(path: Path | None) -> Settings:
     shadow = settings.shadow_rules_dir
     if shadow is not None and not shadow.is_absolute():
         shadow = (base / shadow).resolve()
-    return settings.model_copy(update={"storage": storage, "rules_dir": rules_dir, "shadow_rules_dir": shadow})
+    node = settings.node
+    if node.tls is not None:
+        files = {"certificate": node.tls.certificate, "key": node.tls.key, "client_ca": node.tls.client_ca}
+        resolved = {k: v if v is None or v.is_absolute() else (base / v).resolve() for k, v in files.items()}
+        node = node.model_copy(update={"tls": node.tls.model_copy(update=resolved)})
+    return settings.model_copy(
+        update={"node": node, "storage": storage, "rules_dir": rules_dir, "shadow_rules_dir": shadow}
+    )

@@ -90,6 +90,10 @@ class Node:
             len(self.rule_set.rules),
             self.settings.rules_dir,
         )
+        if self.settings.preload_networks:
+            for name in self.registry.names:
+                self.registry.get(name)
+            log.info("networks loaded: %s", ", ".join(self.registry.names))
         self.pipeline.recover()
         completion = self.settings.completion
         tick = max(0.2, min(completion.release_quiet_seconds, completion.long_quiet_seconds) / 2)
