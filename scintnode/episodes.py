@@ -273,7 +273,8 @@ class EpisodeKeeper:
     ) -> list[JobRequest]:
         members = self._members(session, episode.id)
         filled = self._filled(plan, members)
-        required_done = all(filled[s.name] >= s.count for s in plan.slots if s.required)
+        # with every slot optional, run-partial needs at least one input
+        required_done = all(filled[s.name] >= s.count for s in plan.slots if s.required) and bool(members)
         all_done = all(filled[s.name] >= s.count for s in plan.slots)
         if not (all_done or (at_deadline and required_done)):
             return []

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scintnode.models.spec import ModelSpec
+from scintnode.models.spec import Code, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,11 @@ class Hotspot:
     row: float
     score: float  # heatmap value at the point, 0..1
     label: str  # e.g. "Grad-CAM peak"
+    # Where the point lies, when the network says (e.g. a parathyroid gland candidate); the SR writes these
+    # as its Finding Site instead of the model's organ.
+    site: Code | None = None  # anatomic location, e.g. Parathyroid (111002, SCT)
+    laterality: Code | None = None  # Right (24028007, SCT) / Left (7771000, SCT)
+    site_modifier: Code | None = None  # topographical modifier, e.g. Superior (264217000, SCT)
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,29 @@ class Panel:
     display: np.ndarray  # the frame as shown, float32 0..1, on the source frame's grid
     heatmap: np.ndarray  # float32 0..1, same shape
     caption: str  # e.g. "Anterior"
+
+
+@dataclass(frozen=True)
+class Region:
+    """One structure a segmenting network found (e.g. a parathyroid gland): its SEG segment and measurements."""
+
+    number: int  # 1-based: its value in VolumeMask.labels and its SEG segment number
+    label: str  # e.g. "Parathyroid gland candidate 1"
+    volume_mm3: float
+    centre_mm: tuple[float, float, float]  # centre of mass, patient coordinates (LPS)
+    side: str  # "right", "left" or "midline" of the patient
+    probability: float  # 0..1, highest inside the region
+
+
+@dataclass(frozen=True)
+class VolumeMask:
+    """A labelled mask drawn on the slices of one source series (a CT), as a SEG is written from it."""
+
+    labels: np.ndarray  # uint8 (slices, rows, columns): 0 background, n = Region n
+    slice_sop_uids: tuple[str, ...]  # SOP Instance UID of the source slice under each mask slice
+    series_uid: str  # that series
+    regions: tuple[Region, ...]
+    display_window_hu: tuple[float, float] = (-160.0, 240.0)  # for key images
 
 
 @dataclass(frozen=True)
@@ -51,3 +79,5 @@ class Finding:
     # Every frame the network used, when a source shows more than one (write/sc.py puts a source's panels
     # side by side in its SC); display_images/heatmaps above still hold each source's first panel.
     panels: tuple[Panel, ...] = field(default=())
+    # A segmenting network's mask and regions (write/seg.py makes the SEG, the SR one group per region).
+    volume: VolumeMask | None = None

@@ -15,9 +15,10 @@ from pydicom.uid import generate_uid
 from scintnode.finding import Finding
 from scintnode.models.registry import Network
 from scintnode.write.sc import build_heatmap_sc
+from scintnode.write.seg import build_key_image_sc, build_segmentation
 from scintnode.write.sr import build_report
 
-KNOWN_OUTPUTS = ("sr", "sc")
+KNOWN_OUTPUTS = ("sr", "sc", "seg")
 
 
 class InputError(ValueError):
@@ -61,14 +62,21 @@ def run_network(
         raise InputError(f"{network.spec.name} cannot use these images: {exc}") from exc
     finding, ordered = _result_study_first(finding, sources, result_study_uid)
     built: list[tuple[str, Dataset]] = []
+    # A mask with regions becomes a SEG first, so the SR can reference its segments (none found: no SEG).
+    regions = finding.volume is not None and bool(finding.volume.regions)
+    segmentation = build_segmentation(finding, ordered) if "seg" in outputs and regions else None
+    if segmentation is not None:
+        built.append(("seg", segmentation))
     if "sr" in outputs:
-        built.append(("sr", build_report(finding, ordered, predecessors=predecessors)))
+        built.append(("sr", build_report(finding, ordered, predecessors=predecessors, segmentation=segmentation)))
     if "sc" in outputs:
         series_uid = generate_uid()  # all heatmaps of one job form one series
         for index in range(len(finding.heatmaps)):
             built.append(
                 ("sc", build_heatmap_sc(finding, ordered, index, series_uid=series_uid, instance_number=index + 1))
             )
+        if regions:
+            built.append(("sc", build_key_image_sc(finding, ordered, series_uid=series_uid)))
     total_ms = (time.perf_counter() - started) * 1000
     return JobResult(finding, tuple(built), finding.inference_ms, total_ms)
 
@@ -92,5 +100,6 @@ def _result_study_first(
         display_images=permuted(finding.display_images),  # type: ignore[arg-type]
         heatmaps=permuted(finding.heatmaps),  # type: ignore[arg-type]
         source_frames=permuted(finding.source_frames),  # type: ignore[arg-type]
+        panels=tuple(dataclasses.replace(p, source_index=new_index[p.source_index]) for p in finding.panels),
     )
     return moved, [sources[i] for i in order]

@@ -1,4 +1,4 @@
-"""Dscint, the whole-body scintigraphy classifier of paper 003 (Lin et al., Med. Phys. 2021;48:5782, doi 10.1002/mp.15196).
+"""Dscint, the whole-body scintigraphy classifier of paper 003 (Lin et al., Med. Phys. 2021, doi 10.1002/mp.15196).
 
 Called by infer for jobs routed to "dscint": anterior and posterior whole-body views in (one 2-frame object,
 two objects, or one view mirrored to stand in for the other), Finding out (normal / metastasis / arthritis /
@@ -148,7 +148,8 @@ class Dscint(nn.Module):
         x = self.attention(x)
         x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
         x = self.relu4(self.conv4(self.relu3(self.conv3(x))))
-        return self.pool3(self.relu5(self.bn5(self.conv5(x))))
+        out: Tensor = self.pool3(self.relu5(self.bn5(self.conv5(x))))
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.classifier(torch.flatten(self.features(x), 1))
@@ -197,7 +198,8 @@ def load_weights(path: Path) -> tuple[Dscint, dict[str, Any]]:
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     if tuple(meta.get("classes", ())) != CLASS_KEYS:
         raise ValueError(f"{path} was trained for classes {meta.get('classes')}, expected {list(CLASS_KEYS)}")
-    model = Dscint(input_shape=tuple(meta.get("input_shape", INPUT_SHAPE)))  # type: ignore[arg-type]
+    rows, columns = (int(v) for v in meta.get("input_shape", INPUT_SHAPE))
+    model = Dscint(input_shape=(rows, columns))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     return model.eval(), meta
 
@@ -220,11 +222,21 @@ class ViewPass:
     image: np.ndarray  # network input (rows, columns) 0..1
 
 
-def view_passes(sources: Sequence[Dataset], input_shape: tuple[int, int] = INPUT_SHAPE) -> list[ViewPass]:
-    """Anterior and posterior of the job; a missing one is the present one mirrored (paper 003 §2.2.1)."""
+def view_passes(
+    sources: Sequence[Dataset], input_shape: tuple[int, int] = INPUT_SHAPE, hints: Sequence[str] = ()
+) -> list[ViewPass]:
+    """Anterior and posterior of the job; a missing one is the present one mirrored (paper 003 §2.2.1).
+
+    ``hints`` (an episode's slot names, per source) name the view of a single-frame source that says none."""
     if not sources:
         raise ImageNotUsable("Dscint needs whole-body anterior and/or posterior views; the job has no sources")
     frames = [frame for index, ds in enumerate(sources) for frame in read_planar_frames(ds, index)]
+    frames = [
+        replace(f, view=hints[f.source_index], view_from="episode slot")
+        if f.view is None and f.source_index < len(hints) and hints[f.source_index] in VIEWS
+        else f
+        for f in frames
+    ]
     chosen = pick_views(frames, VIEWS)
     if not chosen:
         seen = ", ".join(f"frame {f.frame_number} of source {f.source_index}: {f.view}" for f in frames)
@@ -250,7 +262,11 @@ class DscintNetwork:
 
     def run(self, sources: Sequence[Dataset]) -> Finding:
         """Classify a whole-body study: the mean of the softmax over its two views (one may be mirrored)."""
-        passes = view_passes(sources, self.model.input_shape)
+        return self.run_episode((), sources)
+
+    def run_episode(self, slots: Sequence[str], sources: Sequence[Dataset]) -> Finding:
+        """As `run`, for single-view objects an episode paired; its slot names are views ("anterior", ...)."""
+        passes = view_passes(sources, self.model.input_shape, slots)
         x = to_network_input(np.stack([p.image for p in passes]))
         started = time.perf_counter()
         with self._lock:
@@ -285,7 +301,7 @@ def _to_frame(cam_map: np.ndarray, frame: PlanarFrame) -> np.ndarray:
     """A CAM over the upright network input onto the stored frame's grid, >= 0, not normalised."""
     upright_rows, upright_columns = frame.upright.apply(frame.pixels).shape
     resized = cv2.resize(cam_map.astype(np.float32), (upright_columns, upright_rows), interpolation=cv2.INTER_LINEAR)
-    return np.maximum(frame.upright.invert(resized), 0.0).astype(np.float32)
+    return np.asarray(np.maximum(frame.upright.invert(resized), 0.0), dtype=np.float32)
 
 
 def _caption(view_pass: ViewPass, passes: Sequence[ViewPass]) -> str:

@@ -128,7 +128,9 @@ def upright_transform(ds: Dataset, rows: int, columns: int) -> Upright:
     A frame stored lying down (more columns than rows) with no orientation is taken to have the head on
     the left, the way cameras that store whole-body scans 256 rows high display them."""
     value = ds.get("PatientOrientation")
-    row_direction, column_direction = (str(value[0]).upper(), str(value[1]).upper()) if value and len(value) == 2 else ("", "")
+    row_direction, column_direction = (
+        (str(value[0]).upper(), str(value[1]).upper()) if value and len(value) == 2 else ("", "")
+    )
     if column_direction.startswith(("F", "H")):
         return Upright(transpose=False, flip_vertical=column_direction.startswith("H"))
     if row_direction.startswith(("F", "H")):
@@ -168,7 +170,7 @@ def pick_views(frames: Sequence[PlanarFrame], wanted: Sequence[str]) -> dict[str
     """The first frame of each wanted view; frames with no view fill the views still missing, in order."""
     chosen: dict[str, PlanarFrame] = {}
     for frame in frames:
-        if frame.view in wanted and frame.view not in chosen:
+        if frame.view is not None and frame.view in wanted and frame.view not in chosen:
             chosen[frame.view] = frame
     unknown = [f for f in frames if f.view is None]
     for view in wanted:

@@ -63,9 +63,44 @@ def default_registry() -> Registry:
 
         return load_thyroid_network()
 
+    def dscint() -> Network:
+        from scintnode.models.dscint import load_dscint_network
+
+        return load_dscint_network()
+
+    def i131_neck() -> Network:
+        from scintnode.models.i131_neck import load_i131_neck_network
+
+        return load_i131_neck_network()
+
+    def ct_parathyroid() -> Network:
+        from scintnode.models.ct_unet import load_ct_parathyroid_network
+
+        return load_ct_parathyroid_network()
+
+    def paranet_small() -> Network:
+        from scintnode.models.paranet import load_paranet_network
+
+        return load_paranet_network("paranet-small")
+
+    def paranet() -> Network:
+        from scintnode.models.paranet import load_paranet_network
+
+        return load_paranet_network("paranet")
+
     def input_check() -> Network:
         from scintnode.models.input_check import load_input_check
 
         return load_input_check()
 
-    return Registry({"thyroid-resnet34": thyroid, "input-check": input_check})
+    return Registry(
+        {
+            "thyroid-resnet34": thyroid,
+            "i131-neck-resnet18": i131_neck,
+            "input-check": input_check,
+            "dscint": dscint,
+            "ct-parathyroid-unet": ct_parathyroid,
+            "paranet-small": paranet_small,
+            "paranet": paranet,
+        }
+    )

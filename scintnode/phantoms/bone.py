@@ -92,7 +92,9 @@ class _Canvas:
     def weight(self, depth: tuple[float, float]) -> float:
         return depth[0] if self.view == "anterior" else depth[1]
 
-    def stroke(self, points: list[tuple[float, float]], width_mm: float, value: float, depth: tuple[float, float]) -> None:
+    def stroke(
+        self, points: list[tuple[float, float]], width_mm: float, value: float, depth: tuple[float, float]
+    ) -> None:
         pts = np.array([self.pixel(x, y) for x, y in points], dtype=np.float64)
         thickness = max(1, round(width_mm * self.scale / PIXEL_MM))
         cv2.polylines(self.image, [np.round(pts).astype(np.int32)], False, float(value * self.weight(depth)), thickness)
@@ -109,7 +111,9 @@ class _Canvas:
         """Draws a filled ellipse over what is there (bones, body outline)."""
         column, row = self.pixel(x, y)
         axes = (max(1, round(rx * self.scale / PIXEL_MM)), max(1, round(ry * self.scale / PIXEL_MM)))
-        cv2.ellipse(self.image, (round(column), round(row)), axes, 0.0, 0.0, 360.0, float(value * self.weight(depth)), -1)
+        cv2.ellipse(
+            self.image, (round(column), round(row)), axes, 0.0, 0.0, 360.0, float(value * self.weight(depth)), -1
+        )
 
 
 def _skeleton(canvas: _Canvas, arm: float) -> None:
@@ -183,7 +187,9 @@ def _metastases(rng: np.random.Generator) -> list[Lesion]:
             "humerus": (side * rng.uniform(176, 185), rng.uniform(310, 450)),
             "sternum": (0.0, rng.uniform(310, 460)),
         }[site]
-        out.append(Lesion("metastasis", site, float(x), float(y), float(rng.uniform(7, 16)), float(rng.uniform(2.0, 5.0))))
+        out.append(
+            Lesion("metastasis", site, float(x), float(y), float(rng.uniform(7, 16)), float(rng.uniform(2.0, 5.0)))
+        )
     return out
 
 
@@ -191,8 +197,15 @@ def _arthritis(rng: np.random.Generator) -> list[Lesion]:
     """Polyarticular (often symmetric, small joints) or a few large weight-bearing joints."""
     names = list(_JOINTS)
     if rng.random() < 0.5:
-        chosen = [str(n) for n in rng.choice(["wrist", "hand", "foot", "ankle", "knee", "shoulder", "elbow"], size=int(rng.integers(2, 5)), replace=False)]
-        sides = [(-1.0, 1.0)] * len(chosen)
+        chosen = [
+            str(n)
+            for n in rng.choice(
+                ["wrist", "hand", "foot", "ankle", "knee", "shoulder", "elbow"],
+                size=int(rng.integers(2, 5)),
+                replace=False,
+            )
+        ]
+        sides: list[tuple[float, ...]] = [(-1.0, 1.0)] * len(chosen)
     else:
         chosen = [str(n) for n in rng.choice(names, size=int(rng.integers(1, 4)), replace=False)]
         sides = [(float(rng.choice((-1.0, 1.0))),) if rng.random() < 0.6 else (-1.0, 1.0) for _ in chosen]
@@ -200,9 +213,7 @@ def _arthritis(rng: np.random.Generator) -> list[Lesion]:
     for name, both in zip(chosen, sides, strict=True):
         x, y = _JOINTS[name]
         for side in both:
-            out.append(
-                Lesion("arthritis", name, side * x, y, float(rng.uniform(14, 26)), float(rng.uniform(1.6, 3.2)))
-            )
+            out.append(Lesion("arthritis", name, side * x, y, float(rng.uniform(14, 26)), float(rng.uniform(1.6, 3.2))))
     return out
 
 
@@ -254,7 +265,14 @@ def _bone_scan(label: str, rng: np.random.Generator, age: int, canvases: list[_C
             bone_like = lesion.kind in ("metastasis", "arthritis", "degenerative")
             depth = _BACK if lesion.site in ("spine", "rib", "sacroiliac") else _BOTH
             value = (lesion.ratio - 1.0) if bone_like else lesion.ratio
-            canvas.blob(lesion.x_mm, lesion.y_mm, lesion.radius_mm, lesion.radius_mm * 0.85, value, depth if bone_like else _BOTH)
+            canvas.blob(
+                lesion.x_mm,
+                lesion.y_mm,
+                lesion.radius_mm,
+                lesion.radius_mm * 0.85,
+                value,
+                depth if bone_like else _BOTH,
+            )
     return lesions
 
 
@@ -284,7 +302,9 @@ def _iodine_scan(rng: np.random.Generator, canvases: list[_Canvas]) -> list[Lesi
         canvas.blob(45, 560, 45, 35, float(rng.uniform(0.5, 3.0)), _FRONT)  # stomach
         canvas.blob(-60, 560, 80, 60, liver, _BOTH)
         canvas.blob(0, 720, 110, 70, float(rng.uniform(0.1, 0.6)), _FRONT)  # colon
-        canvas.blob(0, 880, float(rng.uniform(30, 55)), float(rng.uniform(22, 40)), float(rng.uniform(3, 10)), (1.0, 0.6))
+        canvas.blob(
+            0, 880, float(rng.uniform(30, 55)), float(rng.uniform(22, 40)), float(rng.uniform(3, 10)), (1.0, 0.6)
+        )
         for lesion in remnants:
             canvas.blob(lesion.x_mm, lesion.y_mm, lesion.radius_mm, lesion.radius_mm, lesion.ratio, _FRONT)
     return remnants
@@ -342,7 +362,9 @@ def write_studies(out_dir: Path, per_class: int, seed: int) -> Path:
         ident = f"SYNWB{seed % 1000:03d}{index:04d}"
         start = first_day + timedelta(days=index // 5, minutes=50 * (index % 5))
         iodine = phantom.agent == "i131-iodide"
-        acquired = start + (timedelta(hours=int(rng.integers(24, 49))) if iodine else timedelta(minutes=int(rng.integers(120, 300))))
+        acquired = start + (
+            timedelta(hours=int(rng.integers(24, 49))) if iodine else timedelta(minutes=int(rng.integers(120, 300)))
+        )
         patient = nm.Patient(
             patient_id=ident,
             name=f"SYNTHETIC^WHOLEBODY^{index:04d}",
@@ -350,7 +372,9 @@ def write_studies(out_dir: Path, per_class: int, seed: int) -> Path:
             sex="F" if rng.random() < 0.5 else "M",
         )
         description = "NM I-131 whole body scan (synthetic)" if iodine else "NM bone scan whole body (synthetic)"
-        study = nm.StudyInfo(study_uid=generate_uid(), start=start, accession=ident, description=description)
+        # An I-131 scan is its own study on the imaging day, a day or two after the oral dose.
+        study_start = acquired - timedelta(minutes=15) if iodine else start
+        study = nm.StudyInfo(study_uid=generate_uid(), start=study_start, accession=ident, description=description)
         ds = nm.build_nm_image(
             np.stack([phantom.anterior, phantom.posterior]),
             patient=patient,
@@ -391,7 +415,9 @@ def write_studies(out_dir: Path, per_class: int, seed: int) -> Path:
         "seed": seed,
         "per_class": per_class,
         "classes": list(CLASSES),
-        "coordinates": "lesion anterior/posterior: DICOM image coordinates of frame 1/2; (0.5, 0.5) is the top-left pixel's centre",
+        "coordinates": (
+            "lesion anterior/posterior: DICOM image coordinates of frame 1/2; (0.5, 0.5) is the top-left pixel's centre"
+        ),
         "images": entries,
     }
     truth.write_text(json.dumps(payload, indent=2) + "\n")

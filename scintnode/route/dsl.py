@@ -281,8 +281,6 @@ class EpisodeSpec(_Strict):
             raise ValueError("an episode needs at least one slot")
         if len(set(names)) != len(names):
             raise ValueError(f"slot names must be unique, got {names}")
-        if not any(slot.required for slot in self.slots):
-            raise ValueError("at least one slot must be required")
         for index, constraint in enumerate(self.constraints):
             used = (
                 (constraint.difference.from_, constraint.difference.to)

@@ -60,8 +60,25 @@ def _parser() -> argparse.ArgumentParser:
     i131.add_argument("--seed", type=int, help="seed for phantoms, groupings and initialisation")
     i131.add_argument("--check-count", type=int, help="fresh phantoms the final model is checked on")
     i131.add_argument("--pretrained", type=Path, help="torchvision ResNet-18 state_dict (.pth) to fine-tune from")
+    i131.add_argument("--cosine", action="store_true", help="anneal the learning rate to 0 (not in the paper)")
     i131.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     i131.add_argument("--quick", action="store_true", help="tiny setting for tests (16 phantoms, 2 groupings, 1 epoch)")
+    from scintnode.train import ct_parathyroid
+
+    ct_parathyroid.add_arguments(
+        networks.add_parser(
+            "ct-parathyroid",
+            help="paper 001 dual-phase CT 3D U-Net: 38/9 patient split, per-gland sensitivity, fp16 weights, card",
+        )
+    )
+    from scintnode.train import parathyroid
+
+    parathyroid.add_arguments(
+        networks.add_parser(
+            "parathyroid",
+            help="paper 000 ParaNet (3x VGG19, MIBI early/late + thyroid): 10-fold CV, gland-level Grad-CAM, card",
+        )
+    )
     return parser
 
 
@@ -73,6 +90,14 @@ def main(argv: list[str]) -> int:
         return _bone(args, argv)
     if args.network == "i131-neck":
         return _i131_neck(args, argv)
+    if args.network == "ct-parathyroid":
+        from scintnode.train import ct_parathyroid
+
+        return ct_parathyroid.run_from_args(args, argv)
+    if args.network == "parathyroid":
+        from scintnode.train import parathyroid
+
+        return parathyroid.run_from_args(args, argv)
     return 2
 
 
@@ -147,6 +172,7 @@ def _i131_neck(args: argparse.Namespace, argv: list[str]) -> int:
         "seed": args.seed,
         "check_count": args.check_count,
         "pretrained": str(args.pretrained) if args.pretrained else None,
+        "cosine": True if args.cosine else None,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if config.count < 8 or config.groupings < 1 or config.epochs < 1 or config.image_size < 32:

@@ -68,7 +68,9 @@ def render_panels(panels: Sequence[PanelPicture], lines: Sequence[str]) -> np.nd
     scale = max(1, math.ceil(MIN_WIDTH_PX / total_width))
     drawn = [_blend(grey, heat, scale, p.markers) for (grey, heat), p in zip(checked, panels, strict=True)]
     width = max(d.shape[1] for d in drawn)
-    captioned = [np.concatenate([_banner([p.caption], d.shape[1]), d], axis=0) for p, d in zip(panels, drawn, strict=True)]
+    captioned = [
+        np.concatenate([_banner([p.caption], d.shape[1]), d], axis=0) for p, d in zip(panels, drawn, strict=True)
+    ]
     gap = max(4, 4 * scale)
     if upright:
         height = max(c.shape[0] for c in captioned)
@@ -110,7 +112,7 @@ def _blend(grey: np.ndarray, heat: np.ndarray, scale: int, markers: Sequence[tup
             thickness=max(1, scale // 2),
             lineType=cv2.LINE_AA,
         )
-    return picture
+    return np.asarray(picture, dtype=np.uint8)
 
 
 def _checked(image: np.ndarray, heatmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -58,7 +58,9 @@ def build_heatmap_sc(
         frames = [panel.frame for panel in panels]
         picture = render_panels(
             [
-                PanelPicture(p.display, p.heatmap, p.caption, _markers(finding, source_index, source, p.display.shape, p.frame))
+                PanelPicture(
+                    p.display, p.heatmap, p.caption, _markers(finding, source_index, source, p.display.shape, p.frame)
+                )
                 for p in panels
             ],
             overlay_lines(finding, frames),

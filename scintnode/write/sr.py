@@ -48,13 +48,15 @@ def build_report(
     series_number: int = SR_SERIES_NUMBER,
     instance_number: int = 1,
     sop_instance_uid: str | None = None,
+    segmentation: Dataset | None = None,
 ) -> Dataset:
     """The SR for ``finding``, placed in the study of ``sources[0]`` (PRELIMINARY, UNVERIFIED).
 
     ``other_evidence``: images the result draws on that are not network inputs (typically from other
     studies); highdicom files every evidence item by study: the study of ``sources[0]`` goes to Current
     Requested Procedure Evidence, any other study to Pertinent Other Evidence. ``predecessors``: earlier SRs
-    this one supersedes (Predecessor Documents Sequence).
+    this one supersedes (Predecessor Documents Sequence). ``segmentation``: the SEG written from
+    ``finding.volume``; each region gets a TID 1411 group referencing its segment, and the SEG is evidence.
     """
     check_inputs(finding, sources)
     model = finding.model
@@ -95,11 +97,11 @@ def build_report(
             )
         ),
         procedure_reported=_concept(model.procedure),
-        imaging_measurements=[classification, *hotspot_groups],
+        imaging_measurements=[classification, *hotspot_groups, *_segment_groups(finding, segmentation, algorithm)],
         referenced_images=list(sources),
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[*sources, *other_evidence],
+        evidence=[*sources, *other_evidence, *([segmentation] if segmentation is not None else [])],
         content=report,
         series_instance_uid=series_uid or generate_uid(),
         series_number=series_number,
@@ -228,7 +230,7 @@ def _hotspot_group(
         ),
         referenced_region=region,
         finding_type=_concept(model.label(finding.predicted).code),
-        finding_sites=[site],
+        finding_sites=[_hotspot_site(hotspot) or site],
         algorithm_id=algorithm,
         measurements=[
             _probability(model, finding.predicted, float(finding.probabilities[finding.predicted]))
@@ -236,11 +238,64 @@ def _hotspot_group(
     )
 
 
+def _hotspot_site(hotspot: Hotspot) -> hd.sr.FindingSite | None:
+    """The hot spot's own site (e.g. a gland's side and level), when the network gave one."""
+    if hotspot.site is None:
+        return None
+    return hd.sr.FindingSite(
+        anatomic_location=_concept(hotspot.site),
+        laterality=_concept(hotspot.laterality) if hotspot.laterality else None,
+        topographical_modifier=_concept(hotspot.site_modifier) if hotspot.site_modifier else None,
+    )
+
+
+def _segment_groups(
+    finding: Finding, segmentation: Dataset | None, algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1411 group per region of ``finding.volume``: its segment (same Tracking UID as in the SEG),
+    volume, side (as Finding Site laterality), centre (in the tracking identifier) and probability."""
+    if segmentation is None or finding.volume is None:
+        return []
+    model = finding.model
+    tracking = {int(item.SegmentNumber): str(item.TrackingUID) for item in segmentation.SegmentSequence}
+    groups = []
+    for region in finding.volume.regions:
+        if region.number not in tracking:
+            raise ValueError(f"region {region.number} has no segment in the SEG {segmentation.SOPInstanceUID}")
+        x, y, z = region.centre_mm
+        laterality = {"right": codes.SCT.Right, "left": codes.SCT.Left}.get(region.side)
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=tracking[region.number],
+                    identifier=f"Region {region.number} {region.side} at ({x:.0f}, {y:.0f}, {z:.0f}) mm LPS"[:64],
+                ),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=segmentation.SOPClassUID,
+                    sop_instance_uid=segmentation.SOPInstanceUID,
+                    segment_number=region.number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(finding.volume.series_uid),
+                ),
+                finding_type=_concept(model.label(finding.predicted).code),
+                finding_sites=[
+                    hd.sr.FindingSite(anatomic_location=_concept(model.finding_site), laterality=laterality)
+                ],
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(name=codes.SCT.Volume, value=region.volume_mm3, unit=codes.UCUM.CubicMillimeter),
+                    _probability(model, finding.predicted, region.probability),
+                ],
+            )
+        )
+    return groups
+
+
 def _frames_for(finding: Finding, index: int, source: Dataset) -> list[int] | None:
-    """The frame the network looked at, for multi-frame sources; None lets the reference cover all frames."""
+    """The frames the network looked at, for multi-frame sources; None lets the reference cover all frames."""
     if not finding.source_frames or int(source.get("NumberOfFrames", 1) or 1) < 2:
         return None
-    return [finding.source_frames[index]]
+    panels = sorted({panel.frame for panel in finding.panels if panel.source_index == index})
+    return panels or [finding.source_frames[index]]
 
 
 def _concept(code: Code) -> hd.sr.CodedConcept:
