@@ -28,6 +28,7 @@ from tests import harness
 from tests.harness import planar_scan
 
 DAY0 = dt.datetime(2026, 3, 2, 8, 0)
+PARATHYROID_NETWORK = "paranet-small"  # the network rules/parathyroid.yaml runs
 
 
 class Clinic:
@@ -170,7 +171,7 @@ def test_parathyroid_episode_in_every_arrival_order(clinic: Clinic, start_node: 
     for order, files in cases.values():
         for slot in order:
             send(node, files[slot])  # one association each, as separate acquisitions arrive
-    episode_jobs = done_jobs(node, len(orders))
+    episode_jobs = done_jobs(node, len(orders), PARATHYROID_NETWORK)
     assert len(episode_jobs) == len(orders)  # exactly one run per patient, whatever the order
     for job in episode_jobs:
         files = next(f for _, f in cases.values() if str(dcmread(f["early"]).SOPInstanceUID) in job.inputs)
@@ -194,8 +195,8 @@ def test_episode_survives_a_restart_between_slots(clinic: Clinic, start_node: No
     node.stop()
     node = start_node()
     send(node, files["late"], files["thyroid"])
-    episode_jobs = done_jobs(node, 1)
-    assert len([j for j in jobs(node) if j.network == "input-check"]) == 1 and episode_jobs[0].slots == [
+    episode_jobs = done_jobs(node, 1, PARATHYROID_NETWORK)
+    assert len([j for j in jobs(node) if j.network == PARATHYROID_NETWORK]) == 1 and episode_jobs[0].slots == [
         "early",
         "late",
         "thyroid",
@@ -208,12 +209,12 @@ def test_second_late_image_after_the_result_supersedes_it(clinic: Clinic, start_
     files = parathyroid_set(clinic, "SYNSUPER")
     node = start_node()
     send(node, files["early"], files["late"], files["thyroid"])
-    first = done_jobs(node, 1)[0]
+    first = done_jobs(node, 1, PARATHYROID_NETWORK)[0]
     patient, mibi_study = clinic.patient("SYNSUPER"), dcmread(files["early"])
     study = nm.StudyInfo(mibi_study.StudyInstanceUID, DAY0, accession=mibi_study.AccessionNumber, description="")
     repeat = clinic.planar(patient, study, "sestamibi", 150, "PARATHYROID LATE REPEAT")
     send(node, repeat)
-    second = next(j for j in done_jobs(node, 2) if j.id != first.id)
+    second = next(j for j in done_jobs(node, 2, PARATHYROID_NETWORK) if j.id != first.id)
     assert second.supersedes_job_id == first.id
     assert str(dcmread(repeat).SOPInstanceUID) in second.inputs
     assert str(dcmread(files["late"]).SOPInstanceUID) not in second.inputs
@@ -236,7 +237,7 @@ def test_deadline_runs_with_the_optional_slot_empty(clinic: Clinic, start_node: 
     files = parathyroid_set(clinic, "SYNPARTIAL")
     node = start_node(short_deadline_rules(tmp_path, "run-partial"))
     send(node, files["early"], files["late"])
-    job = done_jobs(node, 1)[0]
+    job = done_jobs(node, 1, PARATHYROID_NETWORK)[0]
     assert job.slots == ["early", "late"]
     complete = events(node, "episode-complete")
     assert complete and complete[-1].detail["partial"] is True
@@ -258,7 +259,7 @@ def test_look_alike_image_of_another_patient_never_joins(clinic: Clinic, start_n
     node = start_node()
     send(node, mine["early"], theirs["late"], theirs["thyroid"])
     wait_for(node, lambda: len(events(node, "episode-slot-filled")) == 3)
-    assert not any(j.network == "input-check" for j in jobs(node))
+    assert not any(j.network == PARATHYROID_NETWORK for j in jobs(node))
     with node.db.session() as session:
         assert sorted(e.join_key for e in session.scalars(select(Episode))) == ["SYNMINE", "SYNTHEIRS"]
 

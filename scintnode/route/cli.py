@@ -5,6 +5,7 @@ Route stage, for ops staff: the same loader and engine the node uses, run by han
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import sys
@@ -122,10 +123,13 @@ def _write_fixtures(rule_set: RuleSet, files: Sequence[Path], out_dir: Path, out
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in files:
         header = dcmread(path, stop_before_pixels=True)
-        document = make_fixture(header, rule_set, f"from {path.name}")
-        target = out_dir / f"{path.stem}.json"
+        modality = str(header.get("Modality", "") or "unknown").lower()
+        # neither the name nor the description comes from the file name: it may carry a patient ID
+        document = make_fixture(header, rule_set, f"{modality} header made by `scintnode rules fixture`")
+        digest = hashlib.sha256(str(header.get("SOPInstanceUID", path.name)).encode()).hexdigest()[:12]
+        target = out_dir / f"{modality}-{digest}.json"
         target.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        print(f"{target}: expects {document['expect']}", file=out)
+        print(f"{target}: expects {document['expect']} (rename it to say what it is)", file=out)
     return EXIT_OK
 
 
