@@ -7,7 +7,6 @@ probabilities, the Grad-CAM of the predicted class on `layer4` mapped back onto 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +17,9 @@ import torch
 from pydicom import Dataset
 from torch import Tensor, nn
 
-from scintnode.cam import ClassActivationMap
 from scintnode.finding import Finding
 from scintnode.models.i131_neck_preprocess import FIELD_MM, PreprocessSteps, preprocess
-from scintnode.models.planar import ImageNotUsable, has_anterior_view, map_to_frame, peak_hotspot, read_frame
+from scintnode.models.planar import anterior_source, classify_and_explain
 from scintnode.models.resnet import FEATURE_WIDTH, STAGE_BLOCKS, ResNet
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.weights_file import file_sha256, load_float_state, save_half_precision
@@ -94,26 +92,11 @@ class I131NeckNetwork:
 
     def run(self, sources: Sequence[Dataset]) -> Finding:
         """Classify the anterior view among `sources` (the first source when none is marked anterior)."""
-        if not sources:
-            raise ImageNotUsable("the i131-neck network needs one planar neck image; the job has no sources")
-        source_index = next((i for i, ds in enumerate(sources) if has_anterior_view(ds)), 0)
-        source = read_frame(sources[source_index])
+        index, source = anterior_source(sources, "the i131-neck network")
         steps = preprocess(source.pixels, source.pixel_spacing_mm, self.image_size, self.field_mm)
-        started = time.perf_counter()
-        with self._lock, ClassActivationMap(self.model, CAM_LAYER) as cam:
-            result = cam(network_input([steps]))
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
-        probs = probabilities(result.logits)[0].tolist()
-        heatmap = map_to_frame(result.maps[0], steps.box)
-        return Finding(
-            model=self.spec,
-            predicted=CLASS_KEYS[result.class_indices[0]],
-            probabilities=dict(zip(CLASS_KEYS, (float(p) for p in probs), strict=True)),
-            hotspots=peak_hotspot(heatmap, source_index, source.frame_number),
-            display_images=(steps.display,),
-            heatmaps=(heatmap,),
-            source_frames=(source.frame_number,),
-            inference_ms=elapsed_ms,
+        x = network_input([steps])
+        return classify_and_explain(
+            self.model, x, self._lock, self.spec, steps.box, steps.display, index, source.frame_number, CAM_LAYER
         )
 
 
@@ -134,7 +117,7 @@ def load_i131_neck_network(weights_path: Path | None = None) -> I131NeckNetwork:
     """The network with the committed weights (scintnode/weights/i131-neck-resnet18.pt) or those at `weights_path`."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     model, meta = load_weights(path)
-    spec = model_spec(file_sha256(path), str(meta.get("version", "0")))
-    if not meta.get("synthetic", True):
-        spec = replace(spec, trained_on_synthetic=False)
+    # weights that do not say otherwise are treated as synthetic-trained: the outputs then say so
+    synthetic = bool(meta.get("synthetic", True))
+    spec = replace(model_spec(file_sha256(path), str(meta.get("version", "0"))), trained_on_synthetic=synthetic)
     return I131NeckNetwork(model, spec, int(meta["image_size"]), float(meta.get("field_mm", FIELD_MM)))

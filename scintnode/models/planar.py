@@ -5,15 +5,20 @@ for an ImageNet-style backbone, and maps its Grad-CAM back onto the source frame
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 from pydicom import Dataset
-from torch import Tensor
+from torch import Tensor, nn
 
-from scintnode.finding import Hotspot
+from scintnode.cam import ClassActivationMap
+from scintnode.finding import Finding, Hotspot
+from scintnode.models.spec import ModelSpec
 
 # ImageNet statistics, so a site's ImageNet-pretrained backbone sees inputs on the scale it was trained on.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -151,3 +156,42 @@ def _is_anterior(item: Dataset) -> bool:
 def has_anterior_view(ds: Dataset) -> bool:
     """Whether the dataset, or one of its detectors, is coded as an anterior projection."""
     return _is_anterior(ds) or any(_is_anterior(item) for item in ds.get("DetectorInformationSequence") or [])
+
+
+def anterior_source(sources: Sequence[Dataset], network: str) -> tuple[int, SourceFrame]:
+    """The index and frame of the first source coded as anterior (else the first source) of a one-image job."""
+    if not sources:
+        raise ImageNotUsable(f"{network} needs one planar image; the job has no sources")
+    index = next((i for i, ds in enumerate(sources) if has_anterior_view(ds)), 0)
+    return index, read_frame(sources[index])
+
+
+def classify_and_explain(
+    model: nn.Module,
+    x: Tensor,
+    lock: threading.Lock,
+    spec: ModelSpec,
+    box: FrameBox,
+    display: np.ndarray,
+    source_index: int,
+    frame_number: int,
+    cam_layer: str = "layer4",
+) -> Finding:
+    """Softmax over `spec.labels` for one input, and the predicted class's Grad-CAM mapped onto the source frame."""
+    started = time.perf_counter()
+    with lock, ClassActivationMap(model, cam_layer) as cam:
+        result = cam(x)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    keys = [label.key for label in spec.labels]
+    probs = torch.softmax(result.logits, dim=1)[0].tolist()
+    heatmap = map_to_frame(result.maps[0], box)
+    return Finding(
+        model=spec,
+        predicted=keys[result.class_indices[0]],
+        probabilities=dict(zip(keys, (float(p) for p in probs), strict=True)),
+        hotspots=peak_hotspot(heatmap, source_index, frame_number),
+        display_images=(display,),
+        heatmaps=(heatmap,),
+        source_frames=(frame_number,),
+        inference_ms=elapsed_ms,
+    )

@@ -101,9 +101,9 @@ def synthesize(label: str, rng: np.random.Generator, matrix: int = MATRIX) -> Ne
     remnant = np.zeros_like(grid.u)
     if label == "residual":
         remnant = _remnants(grid, rng, foci)
-    elif rng.random() < 0.35:
-        distractors.append("oesophagus")  # the classic mimic: swallowed activity right through the bed
-        physiological += rng.uniform(1.5, 4.0) * _blob(grid, rng.uniform(-4.0, 2.0), 60.0, 4.0, 110.0)
+    if rng.random() < 0.35:
+        distractors.append("oesophagus")  # the classic mimic: swallowed activity running through the bed
+        physiological += rng.uniform(1.5, 5.0) * _blob(grid, rng.uniform(-4.0, 2.0), 60.0, 4.0, 110.0)
     contamination = np.zeros_like(grid.u)
     if rng.random() < 0.15:
         distractors.append("contamination")
@@ -141,7 +141,7 @@ def _body(grid: _Grid, rng: np.random.Generator) -> np.ndarray:
     trunk_half = np.clip(neck + (v - 35.0) * 2.5, neck, 175.0)
     body = head | ((np.abs(u) < np.where(v > 35.0, trunk_half, neck)) & (v > -90.0))
     liver = 0.6 * _blob(grid, -70.0, 235.0, 90.0, 60.0)
-    return rng.uniform(0.8, 1.2) * body.astype(np.float64) + liver
+    return np.asarray(rng.uniform(0.8, 1.2) * body.astype(np.float64) + liver)
 
 
 def _physiological(grid: _Grid, rng: np.random.Generator, distractors: list[str]) -> np.ndarray:
@@ -166,7 +166,7 @@ def _remnants(grid: _Grid, rng: np.random.Generator, foci: list[Focus]) -> np.nd
         cu = rng.uniform(-BED_HALF_WIDTH_MM, BED_HALF_WIDTH_MM)
         cv = rng.uniform(BED_TOP_MM, BED_BOTTOM_MM)
         diameter = rng.uniform(6.0, 18.0)
-        uptake = float(np.exp(rng.uniform(np.log(8.0), np.log(400.0))))
+        uptake = float(np.exp(rng.uniform(np.log(5.0), np.log(300.0))))
         out = np.maximum(out, uptake * _blob(grid, cu, cv, diameter / 2.0, diameter / 2.0 * rng.uniform(0.8, 1.5)))
         column, row = grid.to_pixel(cu, cv)
         foci.append(Focus(column, row, diameter, uptake))
@@ -190,7 +190,7 @@ def _camera(
     star = _star_kernel(spacing, rng)
     hot_core = np.clip(hot - 10.0, 0.0, None).astype(np.float32)  # only intense sources penetrate visibly
     spokes = cv2.filter2D(hot_core, -1, star, borderType=cv2.BORDER_CONSTANT)
-    return blurred + spokes
+    return np.asarray(blurred + spokes)
 
 
 def _star_kernel(spacing: float, rng: np.random.Generator) -> np.ndarray:
