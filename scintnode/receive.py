@@ -6,17 +6,20 @@ line, and the handler never raises (a raising handler would answer 0xC211 with n
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.pdu import A_RELEASE_RQ
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
@@ -25,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from scintnode.config import NodeSettings
 from scintnode.db import Database, Instance, Series, utcnow
 from scintnode.metrics import Metrics
+from scintnode.security import CallerPolicy, server_tls_context
 from scintnode.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,13 @@ INVALID_UID = 0xC220  # a UID that is not a valid DICOM UID (e.g. holding path c
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 NM_IMAGE_STORAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.5"
+
+PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+# explicit VR elements whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2)
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 
 
 class Rejected(Exception):
@@ -56,6 +67,7 @@ class _AssociationLog:
     series: set[str] = field(default_factory=set)
     stored: int = 0
     rejected: int = 0
+    release_recorded: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,21 +88,35 @@ def is_nm_object(sop_class_uid: str, modality: str) -> bool:
 
 
 def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: str) -> Header:
-    """Parse and check the header of a received Part-10 byte stream; raise Rejected with the status."""
+    """Parse and check the header of a received Part-10 byte stream; raise Rejected with the status.
+
+    Pixel data are never decoded: their declared size is only compared with the bytes that arrived."""
+    stream = BytesIO(data)
     try:
-        ds: Dataset = dcmread(BytesIO(data), stop_before_pixels=True)
+        ds: Dataset = dcmread(stream, stop_before_pixels=True)
+        pixel_offset = stream.tell()
         values = {
             "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
             "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
             "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
             "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
-            "patient_id": str(ds.get("PatientID", "") or ""),
-            "modality": str(ds.get("Modality", "") or "").strip().upper(),
+            "patient_id": str(ds.get("PatientID", "") or "")[:64],
+            "modality": str(ds.get("Modality", "") or "").strip().upper()[:16],
         }
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError, AttributeError) as exc:
-        raise Rejected(CANNOT_UNDERSTAND, f"header cannot be decoded: {exc}") from exc
-    for name in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"):
+    except RecursionError as exc:
+        raise Rejected(CANNOT_UNDERSTAND, "header cannot be decoded: sequences nested too deeply") from exc
+    except MemoryError as exc:
+        raise Rejected(CANNOT_UNDERSTAND, "header cannot be decoded: a declared length exceeds memory") from exc
+    except Exception as exc:  # pydicom raises many types for damaged data (ValueError, zlib.error, struct.error...)
+        raise Rejected(CANNOT_UNDERSTAND, f"header cannot be decoded: {type(exc).__name__}: {exc}"[:300]) from exc
+    identifying = ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid")
+    if not any(values[name] for name in identifying):
+        raise Rejected(
+            CANNOT_UNDERSTAND,
+            f"none of the identifying attributes were found: the data is not a DICOM data set in {transfer_syntax}",
+        )
+    for name in identifying:
         if not values[name]:
             raise Rejected(DATASET_MISMATCH, f"required attribute {name} is missing or empty")
         if not UID(values[name]).is_valid:
@@ -102,7 +128,128 @@ def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: s
         )
     if values["sop_instance_uid"] != requested_sop_instance:
         raise Rejected(DATASET_MISMATCH, "SOP Instance UID does not match the C-STORE request")
+    check_encoding(data, UID(transfer_syntax))
+    check_pixel_data(ds, data, pixel_offset, transfer_syntax)
     return Header(transfer_syntax=transfer_syntax, **values)
+
+
+def check_encoding(data: bytes, syntax: UID) -> None:
+    """Refuse data whose first element is implicit VR under an explicit VR syntax, or the other way round.
+
+    pydicom would switch silently and read it, but the stored file would then lie about its encoding."""
+    if not syntax.is_transfer_syntax or syntax.is_deflated:
+        return
+    # a Part-10 stream from pynetdicom: preamble, "DICM", then (0002,0000) UL with the File Meta's length
+    if data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
+        return
+    start = 144 + struct.unpack("<I", data[140:144])[0]
+    vr = data[start + 4 : start + 6]
+    if len(vr) < 2:
+        return
+    looks_explicit = vr.isalpha() and vr.isupper()
+    if looks_explicit == syntax.is_implicit_VR:
+        found = "explicit" if looks_explicit else "implicit"
+        raise Rejected(CANNOT_UNDERSTAND, f"the data is encoded in {found} VR, not in {syntax.name} as negotiated")
+
+
+def _as_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value: Any = ds.get(keyword, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise Rejected(DATASET_MISMATCH, f"{keyword} is missing or not a number ({str(value)[:20]!r})") from exc
+    return number
+
+
+def check_pixel_data(ds: Dataset, data: bytes, offset: int, transfer_syntax: str) -> None:
+    """Cheap consistency checks of an image's declared size against the Pixel Data element that arrived.
+
+    `offset` is where dcmread stopped, before the Pixel Data element (or at the end when there is none)."""
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax or syntax.is_deflated:
+        return  # offsets refer to the inflated stream; the header was read, that is as far as cheap goes
+    header = data[offset : offset + 12]
+    present = len(header) >= 8 and _tag(header, syntax.is_little_endian) == PIXEL_DATA_TAG
+    is_image = "Rows" in ds or "Columns" in ds
+    if not present:
+        if is_image:
+            raise Rejected(DATASET_MISMATCH, "image has Rows/Columns but no Pixel Data")
+        return
+    if not is_image:
+        raise Rejected(DATASET_MISMATCH, "Pixel Data without Rows and Columns")
+    endian = "<" if syntax.is_little_endian else ">"
+    if syntax.is_implicit_VR:
+        length, start = struct.unpack(endian + "I", header[4:8])[0], offset + 8
+    elif header[4:6] in _LONG_LENGTH_VRS:
+        if len(header) < 12:
+            raise Rejected(DATASET_MISMATCH, "Pixel Data element is cut off")
+        length, start = struct.unpack(endian + "I", header[8:12])[0], offset + 12
+    else:
+        length, start = struct.unpack(endian + "H", header[6:8])[0], offset + 8
+    if syntax.is_encapsulated:
+        if length != UNDEFINED_LENGTH:
+            raise Rejected(
+                CANNOT_UNDERSTAND,
+                f"transfer syntax {syntax.name} needs encapsulated Pixel Data, but it has a defined length",
+            )
+        return
+    if length == UNDEFINED_LENGTH:
+        raise Rejected(
+            CANNOT_UNDERSTAND, f"encapsulated (compressed) Pixel Data in the uncompressed transfer syntax {syntax.name}"
+        )
+    rows, columns = _as_int(ds, "Rows"), _as_int(ds, "Columns")
+    bits, samples = _as_int(ds, "BitsAllocated"), _as_int(ds, "SamplesPerPixel", 1)
+    frames = _as_int(ds, "NumberOfFrames", 1) if ds.get("NumberOfFrames") not in (None, "") else 1
+    if rows <= 0 or columns <= 0 or frames <= 0 or samples not in (1, 3, 4) or bits not in (1, 8, 16, 32, 64):
+        raise Rejected(
+            DATASET_MISMATCH,
+            f"inconsistent image size: Rows {rows}, Columns {columns}, Number of Frames {frames}, "
+            f"Samples per Pixel {samples}, Bits Allocated {bits}",
+        )
+    expected = (rows * columns * frames * samples * bits + 7) // 8
+    available = len(data) - start
+    if length > available:
+        raise Rejected(
+            DATASET_MISMATCH, f"Pixel Data declares {length} bytes but only {max(available, 0)} arrived (truncated)"
+        )
+    if length < expected:
+        raise Rejected(
+            DATASET_MISMATCH,
+            f"Pixel Data holds {length} bytes; {frames} frame(s) of {rows}x{columns}, {samples}x{bits} bits, "
+            f"need {expected}",
+        )
+
+
+def _tag(header: bytes, little_endian: bool) -> tuple[int, int]:
+    group, element = struct.unpack("<HH" if little_endian else ">HH", header[:4])
+    return int(group), int(element)
+
+
+class _BoundedServer(ThreadedAssociationServer):  # type: ignore[misc]
+    """The TCP side: closes a connection at once when its address could never be allowed or when too many
+    are open (a flood of idle sockets must not cost a thread each without limit; idle ones time out)."""
+
+    policy: CallerPolicy = CallerPolicy(None)
+    max_connections: int = 64
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        address = str(client_address[0])
+        if not self.policy.permits_address(address):
+            log.warning("connection from %s closed: no allowed caller at this address", address)
+            return False
+        if self.open_connections >= self.max_connections:
+            log.warning("connection from %s closed: %d connections open already", address, self.max_connections)
+            return False
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a failed TLS handshake or a peer gone mid-PDU: one line, not a traceback on stderr
+        log.warning("connection from %s ended with an error", client_address[0] if client_address else "?")
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served: each runs an association thread until it ends or times out."""
+        return sum(1 for assoc in self.ae.active_associations if assoc.is_acceptor)
 
 
 class Receiver:
@@ -121,9 +268,10 @@ class Receiver:
         self.settings = settings
         self.on_change = on_change  # wakes the pipeline: new data or a released association
         self.metrics = metrics
+        self.policy = CallerPolicy(settings.allowed_callers)
         self._associations: dict[int, _AssociationLog] = {}
         self._lock = threading.Lock()  # serialises index writes (SQLite has one writer anyway)
-        self._server: ThreadedAssociationServer | None = None
+        self._server: _BoundedServer | None = None
 
     @property
     def port(self) -> int:
@@ -137,30 +285,56 @@ class Receiver:
         ae.network_timeout = self.settings.network_timeout_seconds
         ae.acse_timeout = self.settings.network_timeout_seconds
         ae.dimse_timeout = self.settings.network_timeout_seconds
-        ae.maximum_associations = 32
-        if self.settings.allowed_callers is not None:
-            ae.require_calling_aet = list(self.settings.allowed_callers)
+        ae.maximum_associations = self.settings.max_associations
+        if not self.policy.open:
+            ae.require_calling_aet = self.policy.ae_titles  # unknown titles; the address is checked on request
         ae.add_supported_context(Verification)
         # compressed syntaxes too: the receive path never decodes pixel data, the networks do later
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         return ae
 
+    @property
+    def open_connections(self) -> int:
+        return self._server.open_connections if self._server is not None else 0
+
     def start(self) -> None:
         ae = self.build_ae()
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_CONN_OPEN, self._on_connection),
         ]
-        self._server = ae.start_server(
-            (self.settings.bind_address, self.settings.port), block=False, evt_handlers=handlers
+        tls = self.settings.tls
+        server = ae.make_server(
+            (self.settings.bind_address, self.settings.port),
+            ssl_context=server_tls_context(tls) if tls is not None else None,
+            evt_handlers=handlers,
+            server_class=_BoundedServer,
         )
-        if self.settings.allowed_callers is None:
+        server.policy = self.policy
+        server.max_connections = self.settings.max_connections
+        ae._servers.append(server)  # as start_server does: its shutdown() removes itself from this list
+        threading.Thread(target=server.serve_forever, name="scintnode-scp-accept", daemon=True).start()
+        self._server = server
+        if self.policy.open:
             log.warning("no calling-AE allow-list configured: any modality may store to this node")
-        log.info("listening as %s on %s:%d", self.settings.ae_title, self.settings.bind_address, self.port)
+        log.info(
+            "listening as %s on %s:%d%s",
+            self.settings.ae_title,
+            self.settings.bind_address,
+            self.port,
+            " (DICOM TLS, client certificate required)"
+            if tls is not None and tls.require_client_cert
+            else " (DICOM TLS)"
+            if tls is not None
+            else "",
+        )
 
     def stop(self) -> None:
         """Stop accepting associations; lets those in progress finish their current instance."""
@@ -169,6 +343,25 @@ class Receiver:
             self._server = None
 
     # -- association bookkeeping -------------------------------------------------------------------
+    def _on_connection(self, event: evt.Event) -> None:
+        sock = event.assoc.dul.socket
+        if sock is not None and sock.socket is not None:
+            try:  # pynetdicom answers in several small PDUs; Nagle would hold each for ~40 ms
+                sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                log.debug("TCP_NODELAY not available on this socket")
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """The allow-list with addresses, at the association request: A-ASSOCIATE-RJ, calling AE not recognised."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        if self.policy.permits(calling, address):
+            return
+        log.warning("association from %r at %s rejected: not on allowed_callers for this address", calling, address)
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.kill()
+
     def _on_established(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
         entry = _AssociationLog(uuid.uuid4().hex, str(requestor.ae_title), str(requestor.address))
@@ -196,17 +389,32 @@ class Receiver:
             entry.stored,
             entry.rejected,
         )
-        if released and entry.series:
-            try:
-                with self._lock, self.db.session() as session:
-                    now = utcnow()
-                    for series in session.scalars(
-                        select(Series).where(Series.series_uid.in_(entry.series), Series.completed_at.is_(None))
-                    ):
-                        series.released_at = now
-            except SQLAlchemyError:
-                log.exception("could not record the release of association %s", entry.association_id[:8])
+        if released:
+            self._record_release(entry)
         self.on_change()
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        # pynetdicom answers A-RELEASE before EVT_RELEASED fires; recording here, on the request, means a
+        # sender that saw its release confirmed finds the release in the index
+        if isinstance(event.pdu, A_RELEASE_RQ):
+            with self._lock:
+                entry = self._associations.get(id(event.assoc))
+            if entry is not None:
+                self._record_release(entry)
+
+    def _record_release(self, entry: _AssociationLog) -> None:
+        if entry.release_recorded or not entry.series:
+            return
+        entry.release_recorded = True
+        try:
+            with self._lock, self.db.session() as session:
+                now = utcnow()
+                for series in session.scalars(
+                    select(Series).where(Series.series_uid.in_(entry.series), Series.completed_at.is_(None))
+                ):
+                    series.released_at = now
+        except SQLAlchemyError:
+            log.exception("could not record the release of association %s", entry.association_id[:8])
 
     def _on_released(self, event: evt.Event) -> None:
         self._finish(event, released=True)
