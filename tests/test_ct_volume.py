@@ -1,0 +1,129 @@
+"""CT series to volumes (scintnode/models/ct_volume.py): slice order, rescale, tilt, uneven spacing, resampling."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
+
+from scintnode.models.ct_volume import Grid, VolumeNotUsable, assemble_volume, grid_to_slices, resample_to_grid
+from scintnode.phantoms.ct import build_ct_series
+from scintnode.phantoms.nm import Patient, StudyInfo
+
+PATIENT = Patient("SYNVOL", "SYNTHETIC^VOLUME", dt.date(1970, 1, 1), "M")
+STUDY = StudyInfo(generate_uid(), dt.datetime(2026, 2, 1, 9, 0), accession="SYNV1", description="(synthetic)")
+
+
+def series(
+    hu: np.ndarray, spacing: tuple[float, float, float] = (2.0, 1.0, 1.0), origin=(-10.0, -20.0, 30.0)
+) -> list[Dataset]:
+    datasets = build_ct_series(
+        hu,
+        patient=PATIENT,
+        study=STUDY,
+        series_uid=generate_uid(),
+        series_number=2,
+        series_description="NECK NATIVE (synthetic)",
+        acquired=STUDY.start,
+        frame_of_reference_uid="1.2.3.4",
+        spacing_mm=spacing,
+        origin_mm=origin,
+    )
+    return [_round_trip(ds) for ds in datasets]
+
+
+def _round_trip(ds: Dataset) -> Dataset:
+    """As the node reads it from its spool: written and parsed again."""
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return dcmread(buffer)
+
+
+def ramp(shape: tuple[int, int, int]) -> np.ndarray:
+    k, r, c = np.indices(shape, dtype=np.float64)
+    return (10.0 * k + 2.0 * r + c).astype(np.float32)
+
+
+def test_shuffled_slices_are_put_in_patient_order_with_rescale_applied() -> None:
+    hu = ramp((6, 8, 10))
+    slices = series(hu)
+    shuffled = slices[:]
+    random.Random(3).shuffle(shuffled)
+    volume = assemble_volume(shuffled)
+    np.testing.assert_allclose(volume.hu, hu, atol=0.5)  # stored values are HU + 1024, intercept -1024
+    assert volume.sop_instance_uids == tuple(str(ds.SOPInstanceUID) for ds in slices)
+    np.testing.assert_allclose(volume.slice_offsets, 30.0 + 2.0 * np.arange(6))
+
+
+def test_rescale_slope_is_applied() -> None:
+    slices = series(np.full((2, 4, 4), 100.0))
+    for ds in slices:
+        ds.RescaleSlope, ds.RescaleIntercept = 2, -2048
+    assert float(assemble_volume(slices).hu.mean()) == pytest.approx(2 * (100 + 1024) - 2048)
+
+
+def test_gantry_tilt_is_refused_with_a_clear_message() -> None:
+    slices = series(ramp((5, 8, 8)))
+    for index, ds in enumerate(slices):  # each slice shifted in y as a tilted gantry stacks them
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.7 * index, z]
+    with pytest.raises(VolumeNotUsable, match="gantry tilt"):
+        assemble_volume(slices)
+
+
+def test_mixed_orientations_and_duplicates_are_refused() -> None:
+    slices = series(ramp((3, 8, 8)))
+    slices[1].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    with pytest.raises(VolumeNotUsable, match="different orientations"):
+        assemble_volume(slices)
+    slices = series(ramp((3, 8, 8)))
+    with pytest.raises(VolumeNotUsable, match="share one position"):
+        assemble_volume([*slices, slices[0]])
+    with pytest.raises(VolumeNotUsable, match="one series"):
+        assemble_volume([*series(ramp((2, 8, 8))), *series(ramp((2, 8, 8)))])
+
+
+def test_uneven_spacing_is_interpolated_between_the_real_slice_positions() -> None:
+    # a field linear in z (mm) sampled at uneven positions must come back linear on an even grid
+    positions = [0.0, 1.0, 2.0, 4.0, 5.0, 8.0]
+    hu = np.stack([np.full((6, 6), 10.0 * z, dtype=np.float32) for z in positions])
+    slices = series(hu, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    for ds, z in zip(slices, positions, strict=True):
+        ds.ImagePositionPatient = [0.0, 0.0, z]
+    volume = assemble_volume(slices)
+    grid = Grid.over(volume, 1.0)
+    assert grid.shape == (9, 6, 6)
+    on_grid = resample_to_grid(volume, grid)
+    np.testing.assert_allclose(on_grid[:, 2, 2], 10.0 * np.arange(9), atol=1.0)
+
+
+def test_a_second_phase_with_other_geometry_is_resampled_onto_the_first() -> None:
+    # both phases show one linear field of patient position; the second has its own origin and spacing
+    def field(
+        shape: tuple[int, int, int], spacing: tuple[float, float, float], origin: tuple[float, float, float]
+    ) -> np.ndarray:
+        k, r, c = np.indices(shape, dtype=np.float64)
+        x, y, z = origin[0] + c * spacing[2], origin[1] + r * spacing[1], origin[2] + k * spacing[0]
+        return (2.0 * x + 3.0 * y + 5.0 * z).astype(np.float32)
+
+    first = assemble_volume(series(field((8, 12, 12), (2.0, 1.0, 1.0), (0, 0, 0)), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    other_origin = (-3.0, -2.0, -4.0)
+    second = assemble_volume(series(field((14, 20, 20), (1.5, 0.8, 0.8), other_origin), (1.5, 0.8, 0.8), other_origin))
+    grid = Grid.over(first, 1.0)
+    np.testing.assert_allclose(resample_to_grid(second, grid), resample_to_grid(first, grid), atol=1.0)
+    # and a map on the grid goes back onto the first series' own slices
+    back = grid_to_slices(resample_to_grid(first, grid), grid, first)
+    np.testing.assert_allclose(back, first.hu, atol=1.0)
+
+
+def test_a_grid_beyond_the_other_phase_is_filled_with_air() -> None:
+    first = assemble_volume(series(np.full((4, 8, 8), 40.0), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)))
+    second = assemble_volume(series(np.full((4, 8, 8), 40.0), (1.0, 1.0, 1.0), (0.0, 0.0, 2.0)))
+    sampled = resample_to_grid(second, Grid.over(first, 1.0))
+    assert sampled[0].max() == pytest.approx(-1024.0) and sampled[3].min() == pytest.approx(40.0, abs=0.5)
