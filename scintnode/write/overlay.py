@@ -134,9 +134,7 @@ def _banner(lines: Sequence[str], width: int) -> np.ndarray:
     margin = max(6, round(10 * font_scale))
     (_, glyph_height), baseline = cv2.getTextSize("Ag", _FONT, font_scale, thickness)
     line_height = glyph_height + baseline + max(4, round(6 * font_scale))
-    wrapped = [
-        part for line in lines for part in _wrap(_ascii(line), width - 2 * margin, font_scale, thickness)
-    ]
+    wrapped = [part for line in lines for part in _wrap(_ascii(line), width - 2 * margin, font_scale, thickness)]
     banner = np.zeros((len(wrapped) * line_height + margin, width, 3), dtype=np.uint8)
     for index, text in enumerate(wrapped):
         origin = (margin, margin // 2 + (index + 1) * line_height - baseline)

@@ -40,8 +40,11 @@ def build_heatmap_sc(
     series_number: int = SC_SERIES_NUMBER,
     instance_number: int = 1,
     sop_instance_uid: str | None = None,
+    method: str = "Grad-CAM heatmap",
 ) -> Dataset:
-    """The heatmap SC for ``sources[source_index]``, placed in the study of ``sources[0]``."""
+    """The heatmap SC for ``sources[source_index]``, placed in the study of ``sources[0]``.
+
+    ``method`` names what is drawn over the image (burned in and in Derivation Description)."""
     check_inputs(finding, sources)
     if not 0 <= source_index < len(sources):
         raise ValueError(f"source_index {source_index} is outside 0..{len(sources) - 1}")
@@ -63,7 +66,7 @@ def build_heatmap_sc(
                 )
                 for p in panels
             ],
-            overlay_lines(finding, frames),
+            overlay_lines(finding, frames, method),
         )
         orientations = {patient_orientation(source, f) for f in frames}
         # views seen from opposite sides run left-right in opposite directions: no one value is true
@@ -73,7 +76,7 @@ def build_heatmap_sc(
         picture = render_overlay(
             image,
             finding.heatmaps[source_index],
-            overlay_lines(finding, frame),
+            overlay_lines(finding, frame, method),
             markers=_markers(finding, source_index, source, image.shape, frame),
         )
         orientation = patient_orientation(source, frame)
@@ -101,7 +104,8 @@ def build_heatmap_sc(
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    reference.ReferencedFrameNumber = frames if len(frames) > 1 else frame
+    if "NumberOfFrames" in source:  # a frame number on a single-frame image (a CT slice) is an error
+        reference.ReferencedFrameNumber = frames if len(frames) > 1 else frame
     reference.PurposeOfReferenceCodeSequence = [
         hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
     ]
@@ -109,13 +113,13 @@ def build_heatmap_sc(
     sc.BurnedInAnnotation = "YES"
     synthetic = ", synthetic-trained" if model.trained_on_synthetic else ""
     sc.DerivationDescription = (
-        f"{model.name} {model.version}{synthetic}: Grad-CAM heatmap over {_frame_words(frames)} "
+        f"{model.name} {model.version}{synthetic}: {method} over {_frame_words(frames)} "
         f"of {source.SOPInstanceUID}; result text burned in"
     )[:1024]
     return sc
 
 
-def overlay_lines(finding: Finding, frame: int | Sequence[int]) -> list[str]:
+def overlay_lines(finding: Finding, frame: int | Sequence[int], method: str = "Grad-CAM heatmap") -> list[str]:
     """The text burned into the SC: class and score first, the caveats always."""
     model = finding.model
     predicted = model.label(finding.predicted)
@@ -127,7 +131,7 @@ def overlay_lines(finding: Finding, frame: int | Sequence[int]) -> list[str]:
     lines = [
         f"{predicted.display}: {100.0 * finding.probabilities[finding.predicted]:.1f}%",
         f"Others: {others}" if others else "",
-        f"{UNVERIFIED} - Grad-CAM heatmap, {_frame_words([frame] if isinstance(frame, int) else frame)}",
+        f"{UNVERIFIED} - {method}, {_frame_words([frame] if isinstance(frame, int) else frame)}",
         f"{model.title} v{model.version}",
     ]
     if model.trained_on_synthetic:

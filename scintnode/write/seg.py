@@ -122,8 +122,9 @@ def build_key_image_sc(
         heatmaps=(inside[index].astype(np.float32),),
         source_frames=(1,),
     )
-    sc = build_heatmap_sc(key, [source], 0, series_uid=series_uid, instance_number=instance_number)
-    del sc.SourceImageSequence[0].ReferencedFrameNumber  # a CT slice is single-frame: no frame number (dciodvfy)
+    sc = build_heatmap_sc(
+        key, [source], 0, series_uid=series_uid, instance_number=instance_number, method="U-Net segmentation"
+    )
     sc.DerivationDescription = (
         f"{finding.model.name} {finding.model.version}: {largest.label} ({largest.side}, "
         f"{largest.volume_mm3:.0f} mm3, probability {100 * largest.probability:.0f} %) on slice "

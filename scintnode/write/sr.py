@@ -66,9 +66,7 @@ def build_report(
     predicted_code = _concept(predicted.code)
 
     classification = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(), identifier=f"{model.name} classification"
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{model.name} classification"),
         finding_type=predicted_code,
         finding_sites=[site],
         algorithm_id=algorithm,
@@ -126,9 +124,7 @@ def check_inputs(finding: Finding, sources: Sequence[Dataset]) -> None:
     if finding.predicted not in keys:
         raise ValueError(f"predicted label {finding.predicted!r} is not one of {model.name}'s labels {keys}")
     if set(finding.probabilities) != set(keys):
-        raise ValueError(
-            f"probabilities are given for {sorted(finding.probabilities)}, expected exactly {keys}"
-        )
+        raise ValueError(f"probabilities are given for {sorted(finding.probabilities)}, expected exactly {keys}")
     values = np.array(list(finding.probabilities.values()), dtype=np.float64)
     if not (np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()):
         raise ValueError(f"probabilities must lie in 0..1, got {dict(finding.probabilities)}")
@@ -136,9 +132,7 @@ def check_inputs(finding: Finding, sources: Sequence[Dataset]) -> None:
         raise ValueError(f"probabilities must sum to 1, they sum to {values.sum():.4f}")
     for index, source in enumerate(sources):
         missing = [
-            k
-            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-            if k not in source
+            k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if k not in source
         ]
         if missing:
             raise ValueError(f"source {index} lacks {', '.join(missing)}")
@@ -147,9 +141,7 @@ def check_inputs(finding: Finding, sources: Sequence[Dataset]) -> None:
             raise ValueError(f"hot spot refers to source {hotspot.source_index}, only {len(sources)} given")
         frames = int(sources[hotspot.source_index].get("NumberOfFrames", 1) or 1)
         if not 1 <= hotspot.frame <= frames:
-            raise ValueError(
-                f"hot spot frame {hotspot.frame} is outside 1..{frames} of source {hotspot.source_index}"
-            )
+            raise ValueError(f"hot spot frame {hotspot.frame} is outside 1..{frames} of source {hotspot.source_index}")
     if finding.source_frames and len(finding.source_frames) != len(sources):
         raise ValueError(f"{len(finding.source_frames)} source frames given for {len(sources)} sources")
 
@@ -220,9 +212,7 @@ def _hotspot_group(
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POINT,
         graphic_data=np.array([[hotspot.column, hotspot.row]], dtype=np.float64),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(
-            source, referenced_frame_numbers=[hotspot.frame]
-        ),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=[hotspot.frame]),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -232,9 +222,7 @@ def _hotspot_group(
         finding_type=_concept(model.label(finding.predicted).code),
         finding_sites=[_hotspot_site(hotspot) or site],
         algorithm_id=algorithm,
-        measurements=[
-            _probability(model, finding.predicted, float(finding.probabilities[finding.predicted]))
-        ],
+        measurements=[_probability(model, finding.predicted, float(finding.probabilities[finding.predicted]))],
     )
 
 
