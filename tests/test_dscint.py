@@ -294,7 +294,6 @@ def test_two_view_sc_shows_both_views_and_validates(small_network: net.DscintNet
     assert_dciodvfy_clean(build_report(finding, [ds]))
 
 
-@pytest.mark.skipif(not net.DEFAULT_WEIGHTS.exists(), reason="committed weights not present")
 def test_committed_weights_classify_fresh_synthetic_phantoms() -> None:
     """Synthetic sanity check only (not clinical accuracy): a seed the weights never saw, 3 studies per class."""
     network = net.load_dscint_network()

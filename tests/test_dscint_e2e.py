@@ -20,17 +20,13 @@ from sqlalchemy import select
 
 from scintnode.config import Settings
 from scintnode.db import Job
-from scintnode.models import dscint as net
 from scintnode.node import Node
 from scintnode.orthanc import OrthancServer, SeriesInPacs
 from scintnode.phantoms.bone import write_studies
 from scintnode.storescu import send_files
 from tests.dicom_validation import LATERALITY_2C_LIMITATION, assert_dciodvfy_clean, assert_dsrdump_parses
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not net.DEFAULT_WEIGHTS.exists(), reason="committed Dscint weights not present"),
-]
+pytestmark = pytest.mark.e2e
 
 
 def wait_for_results(pacs: OrthancServer, study_uid: str, timeout: float = 120) -> list[SeriesInPacs]:

@@ -167,7 +167,6 @@ def test_paper_defaults_are_the_papers() -> None:
     assert (config.groupings, config.test_fraction, config.count) == (10, 0.25, 446)
 
 
-@pytest.mark.skipif(not net.DEFAULT_WEIGHTS.exists(), reason="committed weights not present")
 def test_committed_weights_classify_fresh_synthetic_phantoms_above_chance() -> None:
     """Synthetic sanity check only (not clinical accuracy): 24 balanced phantoms of a seed the weights never saw."""
     network = net.load_i131_neck_network()
