@@ -83,6 +83,16 @@ class Node:
         if self.shadow is not None:
             self.shadow.reload(reason)
 
+    def _preload_networks(self) -> None:
+        """Load every network the rules use, so no job pays for loading; a missing one is reported, not fatal."""
+        names = sorted({rule.network for rule in self.rule_set.rules})
+        for name in names:
+            try:
+                self.registry.get(name)
+            except (OSError, LookupError, ValueError, RuntimeError) as exc:
+                log.error("network %s could not be loaded (its jobs will fail until it can): %s", name, exc)
+        log.info("networks loaded: %s", ", ".join(names))
+
     def start(self) -> None:
         log.info(
             "rule set %s: %d rule(s) from %s",
@@ -91,9 +101,7 @@ class Node:
             self.settings.rules_dir,
         )
         if self.settings.preload_networks:
-            for name in self.registry.names:
-                self.registry.get(name)
-            log.info("networks loaded: %s", ", ".join(self.registry.names))
+            self._preload_networks()
         self.pipeline.recover()
         completion = self.settings.completion
         tick = max(0.2, min(completion.release_quiet_seconds, completion.long_quiet_seconds) / 2)
