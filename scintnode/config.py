@@ -80,7 +80,6 @@ class NodeSettings(_Strict):
     allowed_callers: list[CallerEntry] | None = None
     max_pdu: int = Field(131072, ge=0)
     network_timeout_seconds: float = Field(60, gt=0)
-    workers: int = Field(1, ge=1, le=16)  # concurrent inference jobs
     max_associations: int = Field(32, ge=1)  # more are rejected (transient, local limit exceeded)
     max_connections: int = Field(64, ge=1)  # TCP connections, associated or not; more are closed at once
     tls: TlsSettings | None = None
@@ -141,7 +140,8 @@ class Settings(_Strict):
     shadow_rules_dir: Path | None = None  # a candidate rule set evaluated beside the active one, acting on nothing
     destinations: dict[str, Destination] = Field(default_factory=dict)
     rules_dir: Path = DEFAULT_RULES_DIR
-    job_timeout_seconds: float = Field(300, gt=0)
+    # how long a stop waits for the job in progress before the process exits (it is then re-run at next start)
+    stop_timeout_seconds: float = Field(300, gt=0)
     # load every network at start (a first job then pays no loading time); off for short-lived test nodes
     preload_networks: bool = False
 

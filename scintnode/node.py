@@ -131,7 +131,7 @@ class Node:
         self._stopping.set()
         self._wake.set()
         if self._worker.is_alive():
-            self._worker.join(timeout=self.settings.job_timeout_seconds)
+            self._worker.join(timeout=self.settings.stop_timeout_seconds)
         self.housekeeping.stop()
         self.db.dispose()
         self.pid_file.unlink(missing_ok=True)
