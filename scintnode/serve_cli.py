@@ -21,6 +21,7 @@ def configure_logging(level: str) -> None:
     # pynetdicom logs every PDU at INFO; its warnings and errors are what an operator needs
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every module it copies at INFO
 
 
 def main(argv: list[str]) -> int:
