@@ -24,13 +24,10 @@ from scintnode.db import Delivery, Job
 from scintnode.orthanc import OrthancServer, SeriesInPacs
 from scintnode.phantoms.thyroid import write_studies
 from scintnode.storescu import send_files
-from tests.dicom_validation import assert_dciodvfy_clean, assert_dsrdump_parses
+from tests.dicom_validation import LATERALITY_2C_LIMITATION, assert_dciodvfy_clean, assert_dsrdump_parses
 from tests.harness import start_node_process
 
 pytestmark = pytest.mark.e2e
-
-# dciodvfy cannot evaluate "Laterality required if the body part is paired" on an SC (dicom-conventions 2.b)
-SC_VALIDATOR_LIMITATION = "Missing attribute Type 2C Conditional Element=<Laterality> Module=<GeneralSeries>"
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +105,7 @@ def test_thyroid_study_through_the_node_process_into_orthanc(
     sc_path.write_bytes(sc_bytes)
     assert_dciodvfy_clean(sr_path)
     assert_dsrdump_parses(sr_path)
-    assert_dciodvfy_clean(sc_path, allowed_errors=[SC_VALIDATOR_LIMITATION])
+    assert_dciodvfy_clean(sc_path, allowed_errors=[LATERALITY_2C_LIMITATION])
 
 
 def test_results_survive_a_pacs_outage_across_a_node_restart(
