@@ -6,7 +6,6 @@ run 1, a check on fresh phantoms, metrics JSON, report PNG and model card."""
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from scintnode.models import dscint as net
 from scintnode.models.thyroid import file_sha256
 from scintnode.phantoms import bone as phantoms
 from scintnode.train import metrics
+from scintnode.train.card import fmt, write_metrics
 from scintnode.train.report import draw_report
 
 VERSION = "0.1.0+synthetic"
@@ -281,7 +281,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
         "machine": platform.machine(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
-    (out / f"{net.NAME}.metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_metrics(out / f"{net.NAME}.metrics.json", result)
     draw_report(
         truth_all,
         probs_all,
@@ -292,10 +292,6 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
     (out / f"{net.NAME}.md").write_text(model_card(result, run_rows, summary, per_class, check))
     log(f"wrote {weights} ({weights.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}…) in {elapsed / 60:.1f} min")
     return result
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if np.isnan(value) else f"{value:.3f}"
 
 
 def model_card(
@@ -312,17 +308,17 @@ def model_card(
     columns = (*METRIC_COLUMNS, "study_accuracy")
     header = "| Run | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     rows = "".join(
-        f"| {row['run']} | " + " | ".join(_fmt(float(row[c])) for c in columns) + " |\n"  # type: ignore[arg-type]
+        f"| {row['run']} | " + " | ".join(fmt(float(row[c])) for c in columns) + " |\n"  # type: ignore[arg-type]
         for row in run_rows
     )
     rows += (
         "| Mean ± std | "
-        + " | ".join(f"{_fmt(summary[c]['mean'])} ± {_fmt(summary[c]['std'])}" for c in columns)
+        + " | ".join(f"{fmt(summary[c]['mean'])} ± {fmt(summary[c]['std'])}" for c in columns)
         + " |\n"
     )
     class_table = "| Class | precision | recall | specificity | F-1 | AUC |\n|---|---|---|---|---|---|\n" + "".join(
-        f"| {name} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['specificity'])} | {_fmt(m['f1'])} | "
-        f"{_fmt(m['auc'])} |\n"
+        f"| {name} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['specificity'])} | {fmt(m['f1'])} | "
+        f"{fmt(m['auc'])} |\n"
         for name, m in per_class.items()
     )
     split = f"{1 - config.test_fraction:.0%}:{config.test_fraction:.0%}"
@@ -409,7 +405,7 @@ Per class, mean over runs (the paper's Figure 5):
 
 {class_table}
 Run-1 model on {int(check.confusion.sum())} fresh studies (seed {config.seed + 1}): accuracy
-{_fmt(check.accuracy)}, macro F-1 {_fmt(check.macro.f1)}, macro AUC {_fmt(check.macro.auc)}.
+{fmt(check.accuracy)}, macro F-1 {fmt(check.macro.f1)}, macro AUC {fmt(check.macro.auc)}.
 
 Confusion matrix and ROC curves of the test images of all runs: `{net.NAME}.report.png`.
 Every number is in `{net.NAME}.metrics.json`.

@@ -4,11 +4,14 @@ Used at the end of a training run: the run's environment, and the per-split metr
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -22,8 +25,24 @@ def environment() -> dict[str, object]:
     }
 
 
-def fmt(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
+def fmt(value: object) -> str:
+    """A value for a card: floats to 3 decimals ("n/a" for NaN), anything else as text."""
+    if isinstance(value, (float, np.floating)):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def write_metrics(path: Path, record: object) -> None:
+    """The metrics JSON beside the weights; numpy scalars and arrays become plain JSON."""
+    path.write_text(json.dumps(record, indent=2, default=_plain) + "\n")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def metrics_table(

@@ -7,7 +7,6 @@ patients; writes fp16 weights, metrics JSON, a PNG of slices with truth and pred
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from scintnode.models import ct_unet as net
 from scintnode.models.weights_file import file_sha256
 from scintnode.phantoms import ct_parathyroid as phantoms
+from scintnode.train.card import fmt, write_metrics
 
 Log = Callable[[str], None]
 
@@ -241,7 +241,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
         "machine": platform.machine(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
-    (out / f"{net.NAME}.metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_metrics(out / f"{net.NAME}.metrics.json", record)
     draw_slices([cases[i] for i in test_index], [d for _, d in evaluated], out / f"{net.NAME}.report.png")
     (out / f"{net.NAME}.md").write_text(model_card(record, config))
     log(f"wrote {weights} ({weights.stat().st_size / 1e3:.0f} kB) and its metrics, report and model card")
@@ -294,15 +294,11 @@ def draw_slices(cases: list[Case], detections: list[net.Detection], path: Path, 
     return path
 
 
-def _fmt(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def model_card(record: dict[str, object], config: TrainConfig) -> str:
     """The Markdown model card: what the network is, how these weights were made, what they are not."""
     summary = record["test"]
     assert isinstance(summary, dict)
-    rows = "".join(f"| {key} | {_fmt(value)} |\n" for key, value in summary.items())
+    rows = "".join(f"| {key} | {fmt(value)} |\n" for key, value in summary.items())
     minutes = float(str(record["seconds"])) / 60
     return f"""# Model card: {net.NAME} {net.VERSION}
 

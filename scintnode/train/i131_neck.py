@@ -23,7 +23,7 @@ from scintnode.models.resnet import load_backbone
 from scintnode.models.weights_file import file_sha256
 from scintnode.phantoms import i131_neck as phantoms
 from scintnode.train import metrics
-from scintnode.train.card import environment, fmt, metrics_table
+from scintnode.train.card import environment, fmt, metrics_table, write_metrics
 from scintnode.train.report import draw_report
 
 VERSION = "0.1.0+synthetic"
@@ -245,7 +245,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
         "seconds": elapsed,
         **environment(),
     }
-    (out / f"{net.NAME}.metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_metrics(out / f"{net.NAME}.metrics.json", result)
     draw_report(
         truth_all,
         probs_all,

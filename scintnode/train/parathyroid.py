@@ -8,7 +8,6 @@ report PNG and model card."""
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys
@@ -29,6 +28,7 @@ from scintnode.models.paranet_input import FIELD_MM, prepare_counts
 from scintnode.models.weights_file import file_sha256
 from scintnode.phantoms import parathyroid as phantoms
 from scintnode.train import metrics
+from scintnode.train.card import fmt, write_metrics
 from scintnode.train.report import draw_report
 from scintnode.train.thyroid import stratified_folds
 
@@ -317,7 +317,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
         "machine": platform.machine(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
     }
-    (out / f"{variant.name}.metrics.json").write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    write_metrics(out / f"{variant.name}.metrics.json", record)
     draw_report(
         truth_all,
         probs_all,
@@ -329,20 +329,6 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
     log(f"wrote {weights} ({weights_mb:.2f} MB)")
     log(f"done in {float(str(record['seconds'])) / 60:.1f} min")
     return record
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return "n/a" if np.isnan(value) else f"{value:.3f}"
-    return str(value)
 
 
 def _localisation_warning(gland_cv: dict[str, dict[str, float | int]]) -> str:
@@ -372,7 +358,7 @@ def model_card(
     patient += "| Paper 000 (632 patients) | 0.948 | 0.938 | 0.972 | 0.988 | 0.862 | 0.963 | n/a | 0.91 |\n"
     patient += (
         "| This run, mean ± std over folds | "
-        + " | ".join(f"{_fmt(mean_std[c][0])} ± {_fmt(mean_std[c][1])}" for c in PATIENT_COLUMNS)
+        + " | ".join(f"{fmt(mean_std[c][0])} ± {fmt(mean_std[c][1])}" for c in PATIENT_COLUMNS)
         + " |\n"
     )
     gland_columns = (
@@ -394,7 +380,7 @@ def model_card(
     )
     gland += "| 0.182 |\n"
     for method, values in gland_cv.items():
-        gland += f"| This run, {method} | " + " | ".join(_fmt(values[c]) for c in gland_columns) + " |\n"
+        gland += f"| This run, {method} | " + " | ".join(fmt(values[c]) for c in gland_columns) + " |\n"
     fresh = record["fresh_check"]
     assert isinstance(fresh, dict)
     minutes = float(str(record["seconds"])) / 60.0
@@ -482,8 +468,8 @@ paper does):
 Gland level (all folds' test patients; Table 1's counts):
 
 {gland}
-{warning}Final model on {fresh["patients"]} fresh patients (seed {fresh["seed"]}): accuracy {_fmt(fresh["accuracy"])},
-sensitivity {_fmt(fresh["sensitivity"])}, specificity {_fmt(fresh["specificity"])}.
+{warning}Final model on {fresh["patients"]} fresh patients (seed {fresh["seed"]}): accuracy {fmt(fresh["accuracy"])},
+sensitivity {fmt(fresh["sensitivity"])}, specificity {fmt(fresh["specificity"])}.
 
 Confusion matrix and ROC of the pooled cross-validation predictions: `{name}.report.png`.
 Every number is in `{name}.metrics.json`.

@@ -5,7 +5,6 @@ a check on a fresh synthetic set, then the fp16 weights, metrics JSON, report PN
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from torch import nn
 from scintnode.models import thyroid as net
 from scintnode.phantoms import thyroid as phantoms
 from scintnode.train import metrics
+from scintnode.train.card import fmt, write_metrics
 from scintnode.train.report import draw_report
 
 VERSION = "0.1.0+synthetic"
@@ -255,7 +255,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
         threads=torch.get_num_threads(),
         date=datetime.now(UTC).strftime("%Y-%m-%d"),
     )
-    (out / f"{net.NAME}.metrics.json").write_text(json.dumps(record.as_dict(), indent=2, default=_json_default) + "\n")
+    write_metrics(out / f"{net.NAME}.metrics.json", record.as_dict())
     draw_report(
         truth_all,
         probs_all,
@@ -269,36 +269,24 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
     return record
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if np.isnan(value) else f"{value:.3f}"
-
-
 def model_card(record: RunRecord) -> str:
     """The Markdown model card: what the network is, how these weights were made, and what they are not."""
     config, check = record.config, record.check
     header = "| Fold | " + " | ".join(METRIC_COLUMNS) + " |\n|---|" + "---|" * len(METRIC_COLUMNS) + "\n"
     rows = "".join(
-        f"| {fold.number} | " + " | ".join(_fmt(summary_row(fold.report)[c]) for c in METRIC_COLUMNS) + " |\n"
+        f"| {fold.number} | " + " | ".join(fmt(summary_row(fold.report)[c]) for c in METRIC_COLUMNS) + " |\n"
         for fold in record.folds
     )
     rows += (
         "| Mean ± std | "
-        + " | ".join(f"{_fmt(record.summary[c][0])} ± {_fmt(record.summary[c][1])}" for c in METRIC_COLUMNS)
+        + " | ".join(f"{fmt(record.summary[c][0])} ± {fmt(record.summary[c][1])}" for c in METRIC_COLUMNS)
         + " |\n"
     )
     per_class = (
         "| Class | sensitivity | specificity | PPV | NPV | F1 | AUC |\n|---|---|---|---|---|---|---|\n"
         + "".join(
-            f"| {name} | {_fmt(m.sensitivity)} | {_fmt(m.specificity)} | {_fmt(m.ppv)} | {_fmt(m.npv)} | "
-            f"{_fmt(m.f1)} | {_fmt(m.auc)} |\n"
+            f"| {name} | {fmt(m.sensitivity)} | {fmt(m.specificity)} | {fmt(m.ppv)} | {fmt(m.npv)} | "
+            f"{fmt(m.f1)} | {fmt(m.auc)} |\n"
             for name, m in check.per_class.items()
         )
     )
@@ -365,7 +353,7 @@ torch {torch.__version__}, {record.threads} threads, {record.seconds / 60:.1f} m
 
 {header}{rows}
 Final model on {int(check.confusion.sum())} fresh phantoms (seed {config.seed + 1}):
-accuracy {_fmt(check.accuracy)}, kappa {_fmt(check.kappa)}.
+accuracy {fmt(check.accuracy)}, kappa {fmt(check.kappa)}.
 
 {per_class}
 Confusion matrix and ROC curves of the pooled cross-validation predictions: `{net.NAME}.report.png`.
