@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -247,12 +247,8 @@ def write_studies(out_dir: Path, count: int, seed: int, residual_fraction: float
     for index, phantom in enumerate(phantoms, start=1):
         ident = f"SYNI131{seed % 1000:03d}{index:04d}"
         start = first_day + timedelta(days=index // 5, minutes=45 * (index % 5))
-        patient = nm.Patient(
-            patient_id=ident,
-            name=f"SYNTHETIC^I131NECK^{index:04d}",
-            birth_date=date(int(rng.integers(1945, 2010)), int(rng.integers(1, 13)), int(rng.integers(1, 29))),
-            sex="F" if rng.random() < 0.805 else "M",  # the sex ratio of paper 004's cohort
-        )
+        # the sex ratio of paper 004's cohort
+        patient = nm.synthetic_patient(ident, "I131NECK", index, rng, born=(1945, 2010), female_share=0.805)
         study = nm.StudyInfo(
             study_uid=generate_uid(),
             start=start,

@@ -189,9 +189,7 @@ VIEWS: dict[str, View] = {
     for view in (
         View("anterior", CodedTerm("399321004", "G-5215", "Anterior projection"), ("L", "F"), (1, 0, 0)),
         View("posterior", CodedTerm("399001007", "G-5216", "Posterior projection"), ("R", "F"), (-1, 0, 0)),
-        View(
-            "left lateral", CodedTerm("399118008", "G-5223", "Left lateral projection"), ("P", "F"), (0, 1, 0)
-        ),
+        View("left lateral", CodedTerm("399118008", "G-5223", "Left lateral projection"), ("P", "F"), (0, 1, 0)),
         View(
             "right lateral",
             CodedTerm("399297009", "G-5222", "Right lateral projection"),
@@ -201,9 +199,7 @@ VIEWS: dict[str, View] = {
         View("LAO", CodedTerm("399074003", "G-5207", "Left anterior oblique"), ("LP", "F"), (_R2, _R2, 0)),
         View("RAO", CodedTerm("399108003", "G-5206", "Right anterior oblique"), ("LA", "F"), (_R2, -_R2, 0)),
         View("LPO", CodedTerm("399136008", "G-5209", "Left posterior oblique"), ("RP", "F"), (-_R2, _R2, 0)),
-        View(
-            "RPO", CodedTerm("399075002", "G-5208", "Right posterior oblique"), ("RA", "F"), (-_R2, -_R2, 0)
-        ),
+        View("RPO", CodedTerm("399075002", "G-5208", "Right posterior oblique"), ("RA", "F"), (-_R2, -_R2, 0)),
     )
 }
 
@@ -239,6 +235,20 @@ class Equipment:
     institution: str = "Synthetic Hospital"
     serial: str = "SYN-0001"
     software_versions: str = "scintnode-phantoms 1"
+
+
+def synthetic_patient(
+    patient_id: str, cohort: str, index: int, rng: np.random.Generator, born: tuple[int, int], female_share: float
+) -> Patient:
+    """A synthetic patient of a phantom cohort: a birth date drawn from the years `born` (end excluded) and the
+    sex by the cohort's share of women (the papers' cohorts), named SYNTHETIC^<cohort>^<index>."""
+    birth = date(int(rng.integers(*born)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+    return Patient(
+        patient_id=patient_id,
+        name=f"SYNTHETIC^{cohort}^{index:04d}",
+        birth_date=birth,
+        sex="F" if rng.random() < female_share else "M",
+    )
 
 
 def find_agent(key: str) -> Agent:
@@ -343,9 +353,7 @@ def build_nm_image(
     ds.LossyImageCompression = "00"
 
     ds.PatientOrientationCodeSequence = [_code_item(_RECUMBENT, coding)]
-    ds.PatientOrientationCodeSequence[0].PatientOrientationModifierCodeSequence = [
-        _code_item(_SUPINE, coding)
-    ]
+    ds.PatientOrientationCodeSequence[0].PatientOrientationModifierCodeSequence = [_code_item(_SUPINE, coding)]
     ds.PatientGantryRelationshipCodeSequence = [_code_item(_HEADFIRST, coding)]
 
     _pixel_module(ds, pixels, pixel_spacing_mm)

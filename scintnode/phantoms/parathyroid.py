@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -264,12 +264,7 @@ def write_studies(out_dir: Path, patients: int, seed: int) -> Path:
     entries: list[dict[str, object]] = []
     for index, case in enumerate(cases, start=1):
         ident = f"SYNPTH{seed % 1000:03d}{index:04d}"
-        patient = nm.Patient(
-            patient_id=ident,
-            name=f"SYNTHETIC^PARATHYROID^{index:04d}",
-            birth_date=date(int(rng.integers(1940, 2000)), int(rng.integers(1, 13)), int(rng.integers(1, 29))),
-            sex="F" if rng.random() < 0.75 else "M",
-        )
+        patient = nm.synthetic_patient(ident, "PARATHYROID", index, rng, born=(1940, 2000), female_share=0.75)
         injected = first_day + timedelta(days=index // 4, minutes=45 * (index % 4))
         mibi_study = nm.StudyInfo(
             generate_uid(), injected, accession=f"{ident}A", description="NM parathyroid scintigraphy (synthetic)"

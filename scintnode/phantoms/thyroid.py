@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -127,12 +127,8 @@ def write_studies(out_dir: Path, per_class: int, seed: int) -> Path:
     for index, phantom in enumerate(phantoms, start=1):
         ident = f"SYNTHY{seed % 1000:03d}{index:04d}"
         start = first_day + timedelta(days=index // 6, minutes=40 * (index % 6))
-        patient = nm.Patient(
-            patient_id=ident,
-            name=f"SYNTHETIC^THYROID^{index:04d}",
-            birth_date=date(int(rng.integers(1940, 2005)), int(rng.integers(1, 13)), int(rng.integers(1, 29))),
-            sex="F" if rng.random() < 0.73 else "M",  # the sex ratio of paper 002's cohort
-        )
+        # the sex ratio of paper 002's cohort
+        patient = nm.synthetic_patient(ident, "THYROID", index, rng, born=(1940, 2005), female_share=0.73)
         study = nm.StudyInfo(
             study_uid=generate_uid(),
             start=start,
