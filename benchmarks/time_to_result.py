@@ -20,7 +20,7 @@ import yaml
 from sqlalchemy import select
 
 from scintnode.db import Database, Job
-from scintnode.demo import _wait_for_results
+from scintnode.demo import wait_for_results
 from scintnode.demo_cases import CASES, DemoStudy
 from scintnode.orthanc import OrthancServer
 from scintnode.storescu import send_files
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                     for files in case.associations:
                         send_files(list(files), "127.0.0.1", port, "SCINTNODE")
                     sent = time.monotonic()
-                    if _wait_for_results(pacs, case, sent + 300) is None:
+                    if wait_for_results(pacs, case, sent + 300) is None:
                         raise RuntimeError(f"{network}: no results for study {case.result_study_uid}")
                     seconds.append(time.monotonic() - sent)
                 db = Database(f"sqlite:///{workdir / 'node' / 'index.db'}")

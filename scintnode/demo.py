@@ -36,7 +36,7 @@ class StudyOutcome:
     error: str = ""
 
 
-def _wait_for_results(pacs: OrthancServer, case: DemoStudy, deadline: float) -> tuple[str, ...] | None:
+def wait_for_results(pacs: OrthancServer, case: DemoStudy, deadline: float) -> tuple[str, ...] | None:
     """Poll the PACS until the study holds a series of every result modality the case expects."""
     while time.monotonic() < deadline:
         series = [s for s in pacs.series_of_study(case.result_study_uid) if s.instance_ids]
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
             for files in case.associations:
                 send_files(list(files), "127.0.0.1", node.port, settings.node.ae_title)
             sent_at = time.monotonic()
-            found = _wait_for_results(pacs, case, time.monotonic() + args.timeout)
+            found = wait_for_results(pacs, case, time.monotonic() + args.timeout)
             if found is None:
                 outcome.error = f"no {'+'.join(sorted(case.result_modalities))} in the PACS before the timeout"
             else:

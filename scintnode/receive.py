@@ -274,6 +274,10 @@ class Receiver:
         self._server: _BoundedServer | None = None
 
     @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("receiver not started")

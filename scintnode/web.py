@@ -132,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"], healthy = f"error: {exc}", False
-        listening = self.node.receiver._server is not None
+        listening = self.node.receiver.listening
         checks["dicom"] = f"listening on {self.node.port}" if listening else "not listening"
         healthy = healthy and listening
         free = self.node.spool.free_bytes()

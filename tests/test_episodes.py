@@ -105,7 +105,7 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
 
     yield start
     for node in started:
-        if node.receiver._server is not None:
+        if node.receiver.listening:
             node.stop()
 
 
