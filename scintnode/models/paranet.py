@@ -18,11 +18,20 @@ import torch
 from pydicom import Dataset
 from torch import Tensor, nn
 
-from scintnode.cam import ClassActivationMap, Method
+from scintnode.cam import ClassActivationMap, Method, to_grid
 from scintnode.finding import Finding, Hotspot
 from scintnode.models import paranet_glands as glands
 from scintnode.models.nm_input import Upright
-from scintnode.models.paranet_input import FIELD_MM, PreparedImage, prepare_source, standardise
+from scintnode.models.paranet_input import (
+    FIELD_MM,
+    IDENTITY,
+    PreparedImage,
+    prepare_source,
+    register_prepared,
+    standardise,
+    warp_map,
+    warp_point,
+)
 from scintnode.models.planar import map_to_frame
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.vgg import VGG19_WIDTHS, last_conv_index, vgg_features
@@ -61,8 +70,8 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("paranet", VGG19_WIDTHS, 350, "Parathyroid scintigraphy classifier (ParaNet, 3x VGG19)"),
         # 1/16 of VGG19's channels at 64 px, with batch norm (vgg19_bn layout) so that it learns in the few
-        # steps one CPU core allows; Grad-CAM on stage 4 (8x8), as stage 5's 4x4 cannot place a gland
-        # (model card, deviations).
+        # steps one CPU core allows. Grad-CAM on stage 4 (8x8), since stage 5's 4x4 marks only a quarter of
+        # the field; the late image's uptake places the gland inside the marked region (model card).
         Variant(
             "paranet-small", (4, 8, 16, 32, 32), 64, "Parathyroid scintigraphy classifier (ParaNet-small)", True, 4
         ),
@@ -138,7 +147,7 @@ def probabilities(logits: Tensor) -> Tensor:
 
 
 def network_input(images: np.ndarray) -> Tensor:
-    """(N, 3, S, S) 0..1 images (zeros for a missing thyroid scan) to the standardised network input."""
+    """(N, 3, S, S) prepared images (zeros for a missing thyroid scan) to the standardised network input."""
     array = np.asarray(images, dtype=np.float32)
     if array.ndim != 4 or array.shape[1] != len(PATHS):
         raise ValueError(f"expected (N, {len(PATHS)}, S, S) images, got shape {array.shape}")
@@ -212,7 +221,7 @@ def explain(
     probs = probabilities(logits)[0].numpy()
     candidates: list[glands.Candidate] = []
     if int(np.argmax(probs)) == ABNORMAL:
-        candidates = glands.find_candidates(maps["early"], maps["late"], images[0], mm_per_pixel)
+        candidates = glands.find_candidates(maps["late"], images[1], images[0], mm_per_pixel)
     return Explained(probs, maps, candidates)
 
 
@@ -237,8 +246,10 @@ class ParaNetNetwork:
         size = self.image_size
         prepared: dict[str, PreparedImage] = {"early": prepare_source(sources[index["early"]], index["early"], size)}
         early = prepared["early"]
-        # Cut like the early image when on the same grid (same session); prepare_counts crops it anew otherwise.
-        prepared["late"] = prepare_source(sources[index["late"]], index["late"], size, box=early.box)
+        # Cut like the early image when on the same grid (same session; prepare_counts crops it anew otherwise),
+        # then registered onto it: the patient lay down again for the late image.
+        late = prepare_source(sources[index["late"]], index["late"], size, box=early.box)
+        prepared["late"] = register_prepared(early, late)
         if "thyroid" in index:
             prepared["thyroid"] = prepare_source(sources[index["thyroid"]], index["thyroid"], size)
         # A missing thyroid scan is an all-zero image on its path, as in training (model card).
@@ -253,7 +264,9 @@ class ParaNetNetwork:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         order = sorted(prepared, key=lambda p: index[p])  # the Finding's per-source tuples follow source order
         heatmaps = {
-            p: _on_stored_grid(map_to_frame(result.maps[p], prepared[p].box), prepared[p].frame.upright)
+            p: _on_stored_grid(
+                map_to_frame(_own_grid(result.maps[p], prepared[p], size), prepared[p].box), prepared[p].frame.upright
+            )
             for p in prepared
         }
         displays = {p: _on_stored_grid(prepared[p].display, prepared[p].frame.upright) for p in prepared}
@@ -300,11 +313,20 @@ def _inside(hotspot: Hotspot, source: Dataset) -> bool:
     return 0.0 <= hotspot.column <= int(source.Columns) and 0.0 <= hotspot.row <= int(source.Rows)
 
 
+def _own_grid(cam_map: np.ndarray, image: PreparedImage, size: int) -> np.ndarray:
+    """A path's map over the early image's network-input pixels, carried onto `image`'s own (the late image was
+    registered onto the early one before the network saw it)."""
+    if np.array_equal(image.warp, IDENTITY):
+        return cam_map
+    return warp_map(to_grid(cam_map, size, size), image.warp)
+
+
 def _hotspot(candidate: glands.Candidate, image: PreparedImage, size: int, phase: str) -> Hotspot:
-    """A candidate (network-input pixels) as a point on the stored source frame, with its site codes."""
+    """A candidate (the early image's network-input pixels) as a point on `image`'s stored frame, with its site."""
     box, scale = image.box, image.box.size / size
-    column = box.left + candidate.column * scale  # upright frame, DICOM coordinates (+0.5 centres kept)
-    row = box.top + candidate.row * scale
+    own_column, own_row = warp_point(image.warp, candidate.column, candidate.row)
+    column = box.left + own_column * scale  # upright frame, DICOM coordinates (+0.5 centres kept)
+    row = box.top + own_row * scale
     if image.frame.upright.flip_vertical:
         row = box.rows - row
     if image.frame.upright.transpose:

@@ -1,6 +1,7 @@
 """Candidate parathyroid glands from ParaNet's Grad-CAM maps (paper 000 §3): peaks, their site, their check.
 
-Infer stage, after the network: the early and late paths' maps give the candidates, the early image's thyroid
+Infer stage, after the network: the late path's map and the late image's uptake give the candidates (the late
+image registered onto the early one), the early image's thyroid
 gives each one a site (patient's right/left, upper/lower, mediastinal or ectopic cervical). Training scores
 the candidates against the phantoms' glands the way the paper's Table 1 counts them."""
 
@@ -18,6 +19,7 @@ from scintnode.models.spec import Code
 MAX_CANDIDATES = 4
 PEAK_THRESHOLD = 0.5  # of the strongest peak: weaker local maxima are the map's background, not glands
 PEAK_SEPARATION_MM = 15.0  # two glands closer than this are one focus at planar resolution
+UPTAKE_SMOOTHING_MM = 3.5  # Gaussian sigma: Poisson noise of single pixels is not a focus
 # A candidate "falls within" a gland when it lies inside its outline widened by the camera's resolution
 # (7-10 mm FWHM): a Grad-CAM peak is never sharper than the image it explains.
 HIT_MARGIN_MM = 8.0
@@ -115,35 +117,60 @@ def site_of(column: float, row: float, thyroid: ThyroidOutline, mm_per_pixel: fl
     return f"{side}-{'upper' if dy < 0 else 'lower'}"
 
 
+def uptake(late_input: np.ndarray, mm_per_pixel: float) -> np.ndarray:
+    """The late image smoothed so that Poisson noise in single pixels is no focus, 0..1."""
+    sigma = max(0.5, UPTAKE_SMOOTHING_MM / mm_per_pixel)
+    smooth = cv2.GaussianBlur(np.clip(late_input, 0.0, None).astype(np.float32), (0, 0), sigmaX=sigma)
+    return _unit(smooth)
+
+
+def candidate_heat(late_map: np.ndarray, late_input: np.ndarray, mm_per_pixel: float) -> np.ndarray:
+    """Where the late path's map and the late image's retained uptake agree, 0..1 over the network input.
+
+    The map says which region made the network call the study abnormal; the retained tracer inside that region
+    places the gland, as Guided Grad-CAM sharpens a coarse map with the image's own detail. Either alone does
+    worse on the synthetic studies: the image alone also points at the salivary glands and the thyroid's
+    remnant, the map alone is a few centimetres coarse (model card)."""
+    size = late_input.shape[0]
+    return _unit(to_grid(late_map, size, size) * uptake(late_input, mm_per_pixel))
+
+
 def find_candidates(
-    early_map: np.ndarray,
     late_map: np.ndarray,
+    late_input: np.ndarray,
     early_input: np.ndarray,
     mm_per_pixel: float,
     max_candidates: int = MAX_CANDIDATES,
 ) -> list[Candidate]:
-    """Peaks of the mean of the early and late paths' maps, strongest first, each with its site."""
-    size = early_input.shape[0]
-    combined = (to_grid(early_map, size, size) + to_grid(late_map, size, size)) / 2.0
-    peak = float(combined.max())
-    if peak <= 0:
+    """Peaks of `candidate_heat` (the late input registered onto the early one), strongest first, with sites."""
+    return find_peaks(candidate_heat(late_map, late_input, mm_per_pixel), early_input, mm_per_pixel, max_candidates)
+
+
+def find_peaks(
+    heat: np.ndarray, early_input: np.ndarray, mm_per_pixel: float, max_candidates: int = MAX_CANDIDATES
+) -> list[Candidate]:
+    """Local maxima of a 0..1 map over the early network input, strongest first, each with its site."""
+    if float(heat.max()) <= 0:
         return []
     radius = max(1, round(PEAK_SEPARATION_MM / mm_per_pixel / 2.0))
-    dilated = cv2.dilate(combined, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
-    rows, columns = np.nonzero((combined >= dilated) & (combined >= PEAK_THRESHOLD * peak))
-    order = np.argsort(-combined[rows, columns], kind="stable")
+    dilated = cv2.dilate(heat, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
+    rows, columns = np.nonzero((heat >= dilated) & (heat >= PEAK_THRESHOLD * float(heat.max())))
+    order = np.argsort(-heat[rows, columns], kind="stable")
     thyroid = find_thyroid(early_input)
     out: list[Candidate] = []
     for index in order:
         r, c = int(rows[index]), int(columns[index])
         if any((c + 0.5 - k.column) ** 2 + (r + 0.5 - k.row) ** 2 < radius**2 for k in out):
             continue  # a plateau gives several equal maxima side by side
-        out.append(
-            Candidate(c + 0.5, r + 0.5, float(combined[r, c]) / peak, site_of(c + 0.5, r + 0.5, thyroid, mm_per_pixel))
-        )
+        out.append(Candidate(c + 0.5, r + 0.5, float(heat[r, c]), site_of(c + 0.5, r + 0.5, thyroid, mm_per_pixel)))
         if len(out) == max_candidates:
             break
     return out
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    peak = float(image.max())
+    return (image / peak if peak > 0 else image).astype(np.float32)
 
 
 @dataclass(frozen=True)

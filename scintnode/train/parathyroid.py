@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from scintnode.cam import Method
+from scintnode.cam import Method, to_grid
 from scintnode.models import paranet as net
 from scintnode.models import paranet_glands as glands
-from scintnode.models.paranet_input import FIELD_MM, prepare_counts
+from scintnode.models.paranet_input import FIELD_MM, INPUT_CEILING, NETWORK_PERCENTILE, prepare_counts, register
 from scintnode.models.weights_file import file_sha256
 from scintnode.phantoms import parathyroid as phantoms
 from scintnode.train import metrics
@@ -35,6 +35,9 @@ from scintnode.train.thyroid import stratified_folds
 VERSION = "0.1.0+synthetic"
 PATIENT_COLUMNS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc", "kappa")
 CAM_METHODS: tuple[Method, ...] = ("gradcam", "gradcam++")
+# How candidates are read off a study (model card): the node's way (a method's late map times the late image's
+# uptake), the map alone, and the uptake alone, so that what each part adds is on record.
+READINGS: tuple[str, ...] = (*(f"{m} × uptake" for m in CAM_METHODS), *CAM_METHODS, "uptake alone")
 
 Log = Callable[[str], None]
 
@@ -44,9 +47,9 @@ class TrainConfig:
     """What a run does; the defaults are the settings of the committed weights (see the model card)."""
 
     variant: str = "paranet-small"
-    patients: int = 240
+    patients: int = 632  # paper 000
     folds: int = 10  # paper 000
-    max_epochs: int = 16  # paper 000: at most 400
+    max_epochs: int = 30  # paper 000: at most 400
     stop_accuracy: float = 0.94  # paper 000: training stops once the validation accuracy reaches 94 %
     validation_share: float = 0.1  # of each fold's training patients, held out for early stopping
     batch_size: int = 50  # paper 000
@@ -63,7 +66,7 @@ QUICK = TrainConfig(patients=20, folds=2, max_epochs=1, check_patients=4, image_
 class Dataset:
     """Network-ready episodes with their truth, glands in network-input pixels of the early image."""
 
-    x: np.ndarray  # (N, 3, S, S) float32 0..1, thyroid channel zero where no scan was done
+    x: np.ndarray  # (N, 3, S, S) float32 (1.0 = the network scale), thyroid channel zero where no scan was done
     y: np.ndarray  # (N,) class indices into net.CLASS_KEYS
     glands: list[list[tuple[float, float, float]]]  # per patient: (column, row, diameter mm)
     mm_per_pixel: np.ndarray  # (N,)
@@ -71,11 +74,13 @@ class Dataset:
 
 
 def make_dataset(patients: int, seed: int, image_size: int) -> Dataset:
-    """Synthetic cases through the network's own preprocessing (early crop reused for the late image)."""
+    """Synthetic cases through the network's own preprocessing (early crop reused for the late image, which is
+    then registered onto the early one)."""
     xs, ys, gland_lists, scales, thyroid_flags = [], [], [], [], []
     for case in phantoms.generate(patients, seed):
         early, _, box = prepare_counts(case.early.astype(np.float32), case.pixel_spacing_mm, image_size)
         late, _, _ = prepare_counts(case.late.astype(np.float32), case.pixel_spacing_mm, image_size, box)
+        late, _ = register(early, late)
         thyroid = np.zeros_like(early)
         if case.thyroid is not None:
             thyroid, _, _ = prepare_counts(case.thyroid.astype(np.float32), case.thyroid_spacing_mm, image_size)
@@ -129,9 +134,7 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
         order = rng.permutation(train_index)
         for start in range(0, len(order), config.batch_size):
             index = torch.from_numpy(order[start : start + config.batch_size])
-            batch = inputs[index]
-            if rng.random() < 0.5:  # mirror left-right: glands occur on both sides
-                batch = torch.flip(batch, dims=(3,))
+            batch = augment(inputs[index], rng)
             optimiser.zero_grad()
             loss = loss_fn(model(batch), targets[index])
             loss.backward()
@@ -149,6 +152,21 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
             history.stopped_early = True
             break
     return model.eval(), history
+
+
+def augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Left-right mirroring (glands occur on both sides) and a shift of each patient by up to a tenth of the
+    field (patients lie where they lie): a network that must find the gland wherever it is learns the gland,
+    not where the thyroid usually sits, and its Grad-CAM then points at it."""
+    if rng.random() < 0.5:
+        batch = torch.flip(batch, dims=(3,))
+    size = batch.shape[-1]
+    limit = max(1, size // 10)
+    padded = nn.functional.pad(batch, (limit, limit, limit, limit), mode="replicate")
+    out = torch.empty_like(batch)
+    for i, (dy, dx) in enumerate(rng.integers(0, 2 * limit + 1, size=(len(batch), 2))):
+        out[i] = padded[i, :, dy : dy + size, dx : dx + size]
+    return out
 
 
 def recalibrate_batch_norm(model: net.ParaNet, inputs: torch.Tensor, batch_size: int) -> None:
@@ -182,14 +200,24 @@ def predict(model: net.ParaNet, x: np.ndarray, batch_size: int = 50) -> np.ndarr
     return np.concatenate(out)
 
 
-def gland_scores(model: net.ParaNet, data: Dataset, index: np.ndarray, method: Method) -> list[glands.GlandScore]:
-    """Table 1 counts per patient: candidates (only when predicted abnormal) against the true glands."""
-    scores = []
+def gland_scores(model: net.ParaNet, data: Dataset, index: np.ndarray) -> dict[str, list[glands.GlandScore]]:
+    """Table 1 counts per patient for every reading (candidates only when predicted abnormal)."""
+    scores: dict[str, list[glands.GlandScore]] = {r: [] for r in READINGS}
     for i in index:
         present = [p for p in net.PATHS if p != "thyroid" or data.has_thyroid[i]]
-        explained = net.explain(model, data.x[i], present, float(data.mm_per_pixel[i]), method)
-        points = [(c.column, c.row) for c in explained.candidates]
-        scores.append(glands.score_patient(points, data.glands[i], float(data.mm_per_pixel[i])))
+        mm = float(data.mm_per_pixel[i])
+        early, late = data.x[i, 0], data.x[i, 1]
+        candidates: dict[str, list[glands.Candidate]] = {}
+        for method in CAM_METHODS:
+            explained = net.explain(model, data.x[i], present, mm, method)
+            abnormal = int(np.argmax(explained.probabilities)) == net.ABNORMAL
+            late_map = to_grid(explained.maps["late"], *late.shape)
+            candidates[f"{method} × uptake"] = explained.candidates
+            candidates[method] = glands.find_peaks(late_map, early, mm) if abnormal else []
+        candidates["uptake alone"] = glands.find_peaks(glands.uptake(late, mm), early, mm) if abnormal else []
+        for reading, found in candidates.items():
+            points = [(c.column, c.row) for c in found]
+            scores[reading].append(glands.score_patient(points, data.glands[i], mm))
     return scores
 
 
@@ -217,7 +245,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
     data = make_dataset(config.patients, config.seed, size)
     folds: list[dict[str, object]] = []
     pooled_truth, pooled_probs = [], []
-    fold_glands: dict[str, list[glands.GlandScore]] = {m: [] for m in CAM_METHODS}
+    fold_glands: dict[str, list[glands.GlandScore]] = {r: [] for r in READINGS}
     for number, test_index in enumerate(stratified_folds(data.y, config.folds, config.seed), start=1):
         train_index = np.setdiff1d(np.arange(len(data.y)), test_index)
         log(f"fold {number}/{config.folds}: train {len(train_index)}, test {len(test_index)}")
@@ -226,11 +254,10 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
         probs = predict(model, data.x[test_index])
         report = metrics.evaluate(data.y[test_index], probs, net.CLASS_KEYS)
         row = patient_row(report)
-        per_method = {}
-        for method in CAM_METHODS:
-            scores = gland_scores(model, data, test_index, method)
-            fold_glands[method].extend(scores)
-            per_method[method] = glands.total(scores).as_dict()
+        per_reading = {}
+        for reading, scores in gland_scores(model, data, test_index).items():
+            fold_glands[reading].extend(scores)
+            per_reading[reading] = glands.total(scores).as_dict()
         log(f"fold {number}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
         folds.append(
             {
@@ -242,7 +269,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
                 "seconds": round(time.perf_counter() - fold_started, 1),
                 **row,
                 "confusion": report.confusion.tolist(),
-                "glands": per_method,
+                "glands": per_reading,
             }
         )
         pooled_truth.append(data.y[test_index])
@@ -258,12 +285,16 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
             + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         )
 
+    # The node explains with the method that localised better in cross-validation (F1 weighs found glands
+    # against false foci); the card names it.
+    node_method = max(CAM_METHODS, key=lambda m: float(gland_cv[f"{m} × uptake"]["f1"]))
+    log(f"node localisation method: {node_method}")
     log(f"final model: all {len(data.y)} patients")
     final, history = fit(data.x, data.y, config, config.seed, log)
     fresh = make_dataset(config.check_patients, config.seed + 1, size)
     check = metrics.evaluate(fresh.y, predict(final, fresh.x), net.CLASS_KEYS)
     check_glands = {
-        m: glands.total(gland_scores(final, fresh, np.arange(len(fresh.y)), m)).as_dict() for m in CAM_METHODS
+        r: glands.total(s).as_dict() for r, s in gland_scores(final, fresh, np.arange(len(fresh.y))).items()
     }
     log(f"final model on {len(fresh.y)} fresh patients (seed {config.seed + 1}): accuracy {check.accuracy:.3f}")
 
@@ -279,7 +310,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
             "network": variant.name,
             "version": VERSION,
             "synthetic": True,
-            "cam_method": "gradcam",
+            "cam_method": node_method,
             "training": {**asdict(config), "image_size": size},
         },
     )
@@ -304,6 +335,7 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
             "gland_rule": f"found when a candidate lies within the gland's radius + {glands.HIT_MARGIN_MM:g} mm",
         },
         "final_model": {"epochs": history.epochs, "stopped_early": history.stopped_early},
+        "node_cam_method": node_method,
         "fresh_check": {
             "seed": config.seed + 1,
             "patients": config.check_patients,
@@ -331,16 +363,22 @@ def train(config: TrainConfig, out_dir: Path, command: str, log: Log = print) ->
     return record
 
 
-def _localisation_warning(gland_cv: dict[str, dict[str, float | int]]) -> str:
-    best = max(float(values["sensitivity"]) for values in gland_cv.values())
-    if best >= 0.5:
-        return ""
-    return (
-        f"**These weights do not localise glands** (at best {best:.1%} of glands found): the maps of so small a\n"
-        "network at this input size are too coarse and do not single out the glands. The SR's gland points are then\n"
-        "no better than chance; only the patient-level result carries information. Train `paranet` (350 px) or a\n"
-        "larger `--image-size` for localisation.\n\n"
+def _localisation_summary(gland_cv: dict[str, dict[str, float | int]], node_reading: str) -> str:
+    node, alone = gland_cv[node_reading], gland_cv["uptake alone"]
+    found, false_share = float(node["sensitivity"]), float(node["false_focal_rate"])
+    summary = (
+        f"The node's reading finds {found:.1%} of the glands (paper: 83.1 %), and {false_share:.1%} of its candidates\n"
+        f"are false foci (paper: 18.2 %); the uptake alone finds {float(alone['sensitivity']):.1%} with"
+        f" {float(alone['false_focal_rate']):.1%} false.\n"
+        "Up to four candidates are reported per abnormal patient, so most patients with one gland also get false\n"
+        "foci: read the points as places to look, not as findings.\n\n"
     )
+    if found < 0.5:
+        summary += (
+            "**These weights do not localise glands well**: only the patient-level result carries much\n"
+            "information. Train `paranet` (350 px) or a larger `--image-size`.\n\n"
+        )
+    return summary
 
 
 def model_card(
@@ -379,12 +417,15 @@ def model_card(
         "| Paper 000 (545 glands, Grad-CAM) | 453 | 92 | 101 | 176 | 0.765 | 0.831 | 0.635 | 0.818 | 0.657 | 0.824 "
     )
     gland += "| 0.182 |\n"
-    for method, values in gland_cv.items():
-        gland += f"| This run, {method} | " + " | ".join(fmt(values[c]) for c in gland_columns) + " |\n"
+    node_reading = f"{record['node_cam_method']} × uptake"
+    for reading, values in gland_cv.items():
+        label = f"This run, {reading}" + (" (the node's)" if reading == node_reading else "")
+        gland += f"| {label} | " + " | ".join(fmt(values[c]) for c in gland_columns) + " |\n"
     fresh = record["fresh_check"]
     assert isinstance(fresh, dict)
     minutes = float(str(record["seconds"])) / 60.0
-    warning = _localisation_warning(gland_cv)
+    warning = _localisation_summary(gland_cv, node_reading)
+    cam_side = int(config["image_size"]) // 2 ** (variant.cam_stage - 1)
     return f"""# Model card: {name} {VERSION}
 
 **Trained and evaluated on synthetic phantoms only. The figures below are not clinical accuracy; these weights
@@ -418,13 +459,16 @@ Paper 000: Apostolopoulos et al., ParaNet, parathyroid scintigraphy with 99mTc-s
   synthetic patients have a scan) and in the node; a real scan is never all zero, so zero is its own flag.
 - Preprocessing (§2.1): the anterior frame, isolated spikes (markers, hot pixels, burned-in text) replaced
   by their 5×5 median, a {FIELD_MM:g} mm square on the neck's midline (smaller fields padded; the late image
-  cut like the early one when on the same grid), resized, scaled to its 99.8th percentile, standardised.
-- Localisation: Grad-CAM (the node's default) or Grad-CAM++ of the abnormal class on each path: the last
+  cut like the early one when on the same grid, then registered onto it), resized, scaled to its
+  {NETWORK_PERCENTILE:g}th percentile, standardised.
+- Localisation: Grad-CAM or Grad-CAM++ of the abnormal class on each path (the node uses
+  {record["node_cam_method"]}, the better of the two by gland-level F1 in cross-validation) at the last
   convolution of stage {variant.cam_stage} (`paranet`: stage 5, the paper's last convolution). Candidates are
-  peaks of the mean of the early and late maps (at least {glands.PEAK_THRESHOLD:g} of the strongest,
-  {glands.PEAK_SEPARATION_MM:g} mm apart, at most {glands.MAX_CANDIDATES}), reported only when the patient is
-  predicted abnormal; the site comes from the thyroid on the early image (patient's right on the image's left
-  in the anterior view; upper/lower, mediastinal below, ectopic cervical above or lateral).
+  peaks of the late path's map times the late image's uptake (smoothed {glands.UPTAKE_SMOOTHING_MM:g} mm; at least
+  {glands.PEAK_THRESHOLD:g} of the strongest, {glands.PEAK_SEPARATION_MM:g} mm apart, at most {glands.MAX_CANDIDATES}),
+  reported only when the patient is predicted abnormal, each with its point on the early and the late image; the
+  site comes from the thyroid on the early image (patient's right on the image's left in the anterior view;
+  upper/lower, mediastinal below, ectopic cervical above or lateral). The SCs show each path's own map.
 
 ## Training (paper 000 protocol)
 
@@ -434,19 +478,32 @@ Paper 000: Apostolopoulos et al., ParaNet, parathyroid scintigraphy with 99mTc-s
 - {config["folds"]}-fold stratified cross-validation; mini-batches of {config["batch_size"]}; training stops once the
   validation accuracy reaches {config["stop_accuracy"]:.0%} (paper) or after {config["max_epochs"]} epochs;
   validation = {config["validation_share"]:.0%} of each fold's training patients (the paper does not say which).
-- Adam, learning rate {config["learning_rate"]:g}, cross-entropy, random left-right mirroring (the paper names data
-  augmentation, not which); batch-norm statistics recomputed over the training patients before every
+- Adam, learning rate {config["learning_rate"]:g}, cross-entropy, augmentation as below; batch-norm statistics
+  recomputed over the training patients before every
   validation and at the end (with a few dozen steps the running averages lag the weights).
 - Weights in half precision (`{record["weights_file"]}`, {weights_mb:.2f} MB, SHA-256 `{record["weights_sha256"]}`).
 
 ### Deviations from the paper, and why
 
-- `{variant.name}` is 1/16 of VGG19's widths, with batch norm, at {config["image_size"]} px, Grad-CAM on
-  stage {variant.cam_stage} ({config["image_size"] // 8}×{config["image_size"] // 8}; stage 5 would give a
-  {config["image_size"] // 16}×{config["image_size"] // 16} map, too coarse to place a gland), and at most
-  {config["max_epochs"]} epochs (paper: 400): it is trained on one shared CPU core within 20 minutes. No ImageNet
-  weights (nothing may be downloaded).
-- Synthetic studies instead of 632 patients; ground truth is the phantom, not an expert reading.
+- `{variant.name}` is 1/16 of VGG19's widths, with batch norm, at {config["image_size"]} px, and at most
+  {config["max_epochs"]} epochs (paper: 400): it is trained on one shared CPU core within half an hour. No
+  ImageNet weights (nothing may be downloaded).
+- Grad-CAM on stage {variant.cam_stage}: {cam_side}×{cam_side} cells of {FIELD_MM / cam_side:.0f} mm over the
+  {FIELD_MM:g} mm field (the paper's stage 5 at 350 px gives 21×21 cells of about {FIELD_MM / 21:.0f} mm; stage 5
+  here gives {cam_side // 2}×{cam_side // 2}). A map that coarse marks a region, not a gland, so the candidates
+  are taken where the map and the late image's retained uptake agree (in the spirit of Guided Grad-CAM,
+  which sharpens the map with image detail). The paper reads its maps directly. The table below gives
+  both ways of reading them, and the uptake alone, so that what the map adds is visible.
+- The late image is registered (rigid ECC) onto the early one before both enter the network: the patient lies
+  down again for the 2-hour image, and unregistered the two paths' maps point at places centimetres apart.
+  The paper does not say whether it registered; its readers compare the images by eye.
+- Network inputs are scaled to their {NETWORK_PERCENTILE:g}th percentile (clipped at {INPUT_CEILING:g}×), not the
+  maximum: a retained gland would otherwise set the late image's scale and dim everything else, a global shortcut
+  that no heatmap can place.
+- Augmentation: left-right mirroring and shifts of up to a tenth of the field (the paper names
+  augmentation, not which). Without the shifts the small network learns where things usually are and its
+  maps do not find glands.
+- Synthetic studies instead of the paper's 632 patients; ground truth is the phantom, not an expert reading.
 - Gland found = a candidate within the gland's radius + {glands.HIT_MARGIN_MM:g} mm (camera resolution); the
   paper compared positions by eye. Gland-level TN = normal patients given no candidate (this reproduces the
   paper's Table 1 arithmetic: 176 TN).
