@@ -168,6 +168,28 @@ def measure(name: str, dataset: str, files: list[Path], associations: int, workd
     return Row(receiver.name, dataset, associations, len(files), seconds, size, cpu, rss)
 
 
+def _ratio(row: Row, rows: list[Row], receiver: str) -> str:
+    """inst/s over the same set and association count on `receiver` in this run; "–" when it was not run."""
+    for base in rows:
+        if base.receiver == receiver and base.dataset == row.dataset and base.associations == row.associations:
+            return f"{row.per_second / base.per_second:.2f}"
+    return "–"
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| receiver | set | assoc | inst/s | MB/s | x dcmtk | x orthanc | rx CPU ms/inst | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.receiver} | {row.dataset} | {row.associations} | {row.per_second:.0f} | "
+            f"{row.megabytes / row.seconds:.0f} | {_ratio(row, rows, 'dcmtk storescp')} | "
+            f"{_ratio(row, rows, 'orthanc')} | {1000 * row.cpu_seconds / row.instances:.2f} | {row.rss_mb:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ct", type=int, default=300)
@@ -200,22 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{statistics.median(r.per_second for r in runs):7.1f} inst/s",
                     flush=True,
                 )
-    print()
-    print("| receiver | set | assoc | inst/s | MB/s | x dcmtk | rx CPU ms/inst | peak RSS MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        base = next(
-            r
-            for r in rows
-            if r.receiver == "dcmtk storescp" and r.dataset == row.dataset and r.associations == row.associations
-        )
-        print(
-            f"| {row.receiver} | {row.dataset} | {row.associations} | {row.per_second:.0f} | "
-            f"{row.megabytes / row.seconds:.0f} | {row.per_second / base.per_second:.2f} | "
-            f"{1000 * row.cpu_seconds / row.instances:.2f} | {row.rss_mb:.0f} |"
-        )
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    print()
+    print(table(rows))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

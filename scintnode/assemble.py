@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from scintnode.config import CompletionSettings
 from scintnode.db import Instance, Series
-from scintnode.receive import is_nm_object
+from scintnode.receive import NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED
 
 NM_OBJECT = "nm-object"
 RELEASE_QUIET = "release-quiet"
@@ -52,20 +53,62 @@ def next_deadline(session: Session, settings: CompletionSettings) -> dt.datetime
     return earliest
 
 
+def _is_nm_object() -> ColumnElement[bool]:
+    """is_nm_object as SQL, so the index picks NM objects out without loading every pending row."""
+    return or_(Instance.sop_class_uid.in_((NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED)), Instance.modality == "NM")
+
+
+_UNROUTED = Instance.routed_at.is_(None)
+# built once, so each routing pass reuses their compiled form
+_NM_READY = (
+    select(Instance.study_uid, Instance.series_uid, Instance.sop_instance_uid)
+    .where(_UNROUTED, _is_nm_object())
+    .order_by(Instance.received_at)
+)
+_SERIES_TABLE = cast(Table, Series.__table__)
+_COMPLETE_NM_SERIES = (
+    update(_SERIES_TABLE)
+    .where(
+        _SERIES_TABLE.c.series_uid.in_(bindparam("series_uids", expanding=True)), _SERIES_TABLE.c.completed_at.is_(None)
+    )
+    .values(completed_at=bindparam("now"), completed_by=NM_OBJECT)
+)
+
+
+def _series_statements(nm_apart: bool) -> tuple[Select[str], Select[str]]:
+    """Open series with unrouted instances (oldest first), and the unrouted instances of one series."""
+    waiting = and_(_UNROUTED, not_(_is_nm_object())) if nm_apart else _UNROUTED
+    open_series = (
+        select(Instance.series_uid)
+        .where(waiting)
+        .group_by(Instance.series_uid)
+        .order_by(func.min(Instance.received_at))
+    )
+    members = (
+        select(Instance.sop_instance_uid)
+        .where(waiting, Instance.series_uid == bindparam("series_uid"))
+        .order_by(Instance.received_at)
+    )
+    return open_series, members
+
+
+_SERIES_STATEMENTS = {nm_apart: _series_statements(nm_apart) for nm_apart in (True, False)}
+
+
 def collect_ready(session: Session, now: dt.datetime, settings: CompletionSettings) -> list[ReadyUnit]:
-    """Units complete at `now` whose instances have not been routed yet; marks their series complete."""
+    """Units complete at `now` whose instances have not been routed yet; marks their series complete.
+
+    Reads columns, not ORM objects, and loads the instances of a series only once it is complete: a
+    series still arriving costs one grouped row per pass, not one row per instance."""
     units: list[ReadyUnit] = []
-    pending = session.scalars(select(Instance).where(Instance.routed_at.is_(None)).order_by(Instance.received_at)).all()
-    by_series: dict[str, list[Instance]] = {}
-    for instance in pending:
-        if settings.nm_object_complete_on_arrival and is_nm_object(instance.sop_class_uid, instance.modality):
-            units.append(ReadyUnit(instance.study_uid, instance.series_uid, (instance.sop_instance_uid,), NM_OBJECT))
-            series = session.get(Series, instance.series_uid)
-            if series is not None and series.completed_at is None:
-                series.completed_at, series.completed_by = now, NM_OBJECT
-        else:
-            by_series.setdefault(instance.series_uid, []).append(instance)
-    for series_uid, instances in by_series.items():
+    nm_apart = settings.nm_object_complete_on_arrival
+    if nm_apart:
+        nm_rows = session.execute(_NM_READY).all()
+        units.extend(ReadyUnit(row[0], row[1], (row[2],), NM_OBJECT) for row in nm_rows)
+        for chunk in _chunks(sorted({row[1] for row in nm_rows})):
+            session.connection().execute(_COMPLETE_NM_SERIES, {"series_uids": chunk, "now": now})
+    open_series, members = _SERIES_STATEMENTS[nm_apart]
+    for series_uid in session.scalars(open_series).all():
         series = session.get(Series, series_uid)
         if series is None:
             continue
@@ -75,5 +118,11 @@ def collect_ready(session: Session, now: dt.datetime, settings: CompletionSettin
             if layer is None:
                 continue
             series.completed_at, series.completed_by = now, layer
-        units.append(ReadyUnit(series.study_uid, series_uid, tuple(i.sop_instance_uid for i in instances), layer))
+        uids = session.scalars(members, {"series_uid": series_uid}).all()
+        units.append(ReadyUnit(series.study_uid, series_uid, tuple(uids), layer))
     return units
+
+
+def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
+    """Bounded IN lists (SQLite limits the parameters of one statement)."""
+    return [values[i : i + size] for i in range(0, len(values), size)]

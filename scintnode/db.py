@@ -6,9 +6,11 @@ so a restart resumes where the node stopped. Through SQLAlchemy, so a PostgreSQL
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -22,8 +24,11 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def utcnow() -> dt.datetime:
@@ -228,6 +233,87 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _Ticket(Generic[T]):
+    __slots__ = ("done", "error", "item")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit(Generic[T]):
+    """Commits what many threads submit, a batch per transaction: one fsync for many.
+
+    The first submitter to find no commit under way commits everything queued so far, its own item
+    included, while later submitters queue for the next batch; alone, a thread commits its own item with
+    no hand-off. `submit` returns only once the transaction holding its item has committed, and raises
+    that transaction's error otherwise: every submitter of a failed batch sees the failure."""
+
+    def __init__(self, engine: Engine, write: Callable[[Connection, list[T]], None], max_batch: int = 256) -> None:
+        self.engine = engine
+        self.write = write
+        self.max_batch = max_batch
+        self._pending: list[_Ticket[T]] = []
+        self._changed = threading.Condition()
+        self._committing = False
+        self._connection: Connection | None = None  # used only by the thread committing
+        self.batches = 0  # committed transactions, for tests
+
+    def submit(self, item: T) -> None:
+        ticket = _Ticket(item)
+        with self._changed:
+            self._pending.append(ticket)
+            while not ticket.done:
+                if self._committing:
+                    self._changed.wait()
+                    continue
+                self._committing = True
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                self._changed.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._changed.acquire()
+                    self._committing = False
+                    self._changed.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def close(self) -> None:
+        """Close the connection between batches (a later submit opens a new one)."""
+        with self._changed:
+            while self._committing:
+                self._changed.wait()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def _commit(self, batch: list[_Ticket[T]]) -> None:
+        try:
+            if self._connection is None:
+                self._connection = self.engine.connect()
+            with self._connection.begin():
+                self.write(self._connection, [ticket.item for ticket in batch])
+            self.batches += 1
+        except BaseException as exc:  # every waiter must be released, whatever happened
+            log.debug("group commit of %d item(s) failed: %s", len(batch), exc)
+            self._drop_connection()
+            for ticket in batch:
+                ticket.error = exc
+        for ticket in batch:
+            ticket.done = True
+
+    def _drop_connection(self) -> None:
+        # after a failure the connection may be unusable; the next batch opens a fresh one
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:  # closing a broken connection may fail too; it is dropped either way
+                log.debug("closing a failed connection raised", exc_info=True)
+            self._connection = None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -8,16 +8,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from io import BytesIO
+from typing import Any, cast
 
 from pydicom import Dataset, dcmread
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from scintnode.assemble import NM_OBJECT, ReadyUnit, collect_ready
 from scintnode.config import Settings
-from scintnode.db import Database, Instance, Job, Output, utcnow
+from scintnode.db import Database, Episode, Event, Instance, Job, Output, utcnow
 from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
 from scintnode.infer import InputError, run_network
 from scintnode.metrics import Metrics
@@ -29,12 +32,55 @@ from scintnode.send import Dispatcher
 from scintnode.spool import Spool
 
 log = logging.getLogger(__name__)
+_EVENTS = cast(Table, Event.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_EPISODES = cast(Table, Episode.__table__)
+# built once, so each routing pass reuses their compiled form
+_MARK_ROUTED = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+    .values(routed_at=bindparam("now"))
+)
+_EPISODE_DUE = (
+    select(_EPISODES.c.id).where(_EPISODES.c.state == "open", _EPISODES.c.deadline_at <= bindparam("now")).limit(1)
+)
+_INSERT_EVENTS = insert(_EVENTS)
 
 
 def idempotency_key(rule_name: str, network: str, instance_uids: list[str]) -> str:
     """The same rule and network on the same set of inputs is the same job, whatever the order."""
     text = "\n".join([rule_name, network, *sorted(instance_uids)])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _EventBuffer:
+    """Audit events of a routing pass, inserted together; flushed before anything else records events, so
+    the audit keeps its order."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, study_uid: str, kind: str, **detail: Any) -> None:
+        self.rows.append({"study_uid": study_uid, "at": utcnow(), "kind": kind, "detail": detail})
+
+    def flush(self) -> None:
+        if self.rows:
+            self.session.flush()  # events the ORM holds were recorded first
+            self.session.connection().execute(_INSERT_EVENTS, self.rows)
+            self.rows = []
+
+
+def _mark_routed(session: Session, uids: list[str], now: dt.datetime) -> None:
+    """Mark instances routed with Core statements (no ORM object of them is loaded in a routing pass)."""
+    for start in range(0, len(uids), 500):  # bounded IN lists: SQLite limits a statement's parameters
+        session.connection().execute(_MARK_ROUTED, {"uids": uids[start : start + 500], "now": now})
+
+
+def _episodes_due(session: Session, now: dt.datetime) -> bool:
+    """Whether any open episode's deadline has passed: a cheap check before the full deadline pass."""
+    session.flush()
+    return session.connection().execute(_EPISODE_DUE, {"now": now}).first() is not None
 
 
 class Pipeline:
@@ -58,6 +104,10 @@ class Pipeline:
         self.episodes = EpisodeKeeper(db)
         self.metrics = metrics
         self.shadow_rules = shadow_rules
+        # during a burst, passes start at most this often, so each routes (and commits) many arrivals at once;
+        # the first arrival after a quiet spell is routed at once
+        self.min_pass_seconds = 0.05
+        self._last_pass = -math.inf
 
     def recover(self) -> int:
         """Jobs left running by a stopped or crashed node go back to pending (their outputs never committed)."""
@@ -69,55 +119,68 @@ class Pipeline:
         return count
 
     def route_ready(self) -> int:
-        """Route every complete, unrouted input set and apply episode deadlines; returns jobs created."""
+        """Route every complete, unrouted input set and apply episode deadlines; returns jobs created.
+
+        All units ready now are routed in one transaction (one commit for a burst of NM objects)."""
+        wait = self._last_pass + self.min_pass_seconds - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_pass = time.monotonic()
         rule_set = self.rules()
+        shadow = self.shadow_rules()
         created = 0
         with self.db.session() as session:
             now = utcnow()
-            for unit in collect_ready(session, now, self.settings.completion):
-                created += self._route_unit(session, rule_set, unit, now)
-            rules = {rule.name: rule for rule in rule_set.rules}
-            for request in self.episodes.expire(session, rules, now):
-                created += self._create_job(session, rule_set.version, request)
+            units = collect_ready(session, now, self.settings.completion)
+            _mark_routed(session, [uid for unit in units for uid in unit.instance_uids], now)
+            events = _EventBuffer(session)
+            for unit in units:
+                created += self._route_unit(session, rule_set, shadow, unit, now, events)
+            events.flush()
+            if _episodes_due(session, now):
+                rules = {rule.name: rule for rule in rule_set.rules}
+                for request in self.episodes.expire(session, rules, now):
+                    created += self._create_job(session, rule_set.version, request)
         return created
 
-    def _route_unit(self, session: Session, rule_set: RuleSet, unit: ReadyUnit, now: dt.datetime) -> int:
-        present = [i for i in (session.get(Instance, uid) for uid in unit.instance_uids) if i is not None]
-        for instance in present:
-            instance.routed_at = now
-        if not present:
+    def _route_unit(
+        self,
+        session: Session,
+        rule_set: RuleSet,
+        shadow: RuleSet | None,
+        unit: ReadyUnit,
+        now: dt.datetime,
+        events: _EventBuffer,
+    ) -> int:
+        uids = unit.instance_uids
+        if not uids:
             return 0
         if self.metrics is not None:
             self.metrics.completed.labels(unit.layer).inc()
-        self.db.record_event(
-            session, unit.study_uid, "complete", series_uid=unit.series_uid, layer=unit.layer, instances=len(present)
-        )
+        events.add(unit.study_uid, "complete", series_uid=unit.series_uid, layer=unit.layer, instances=len(uids))
+        if not rule_set.rules and shadow is None:
+            # nothing reads the header: leave the file alone
+            self._record_unmatched(events, rule_set, unit, [])
+            return 0
         try:
-            header = self._read_header(present[0].path)
+            path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == uids[0]))
+            if path is None:
+                return 0
+            header = self._read_header(path)
             facts = derive_facts(header)
             decisions = rule_set.evaluate(header, facts)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.error("series %s cannot be routed: %s", unit.series_uid, exc)
-            self.db.record_event(session, unit.study_uid, "unroutable", series_uid=unit.series_uid, error=str(exc))
+            events.add(unit.study_uid, "unroutable", series_uid=unit.series_uid, error=str(exc))
             return 0
-        self._compare_with_shadow(session, rule_set, header, unit)
+        self._compare_with_shadow(rule_set, shadow, header, unit, events)
         fired = [d for d in decisions if d.fires]
         if not fired:
-            log.info("series %s complete (%s): no rule matched", unit.series_uid, unit.layer)
-            self.db.record_event(
-                session,
-                unit.study_uid,
-                "unmatched",
-                series_uid=unit.series_uid,
-                ruleset_version=rule_set.version,
-                rules=[d.rule.name for d in decisions],
-            )
+            self._record_unmatched(events, rule_set, unit, [d.rule.name for d in decisions])
         created = 0
-        uids = tuple(i.sop_instance_uid for i in present)
         for decision in fired:
             rule = decision.rule
-            self.db.record_event(
-                session,
+            events.add(
                 unit.study_uid,
                 "matched",
                 series_uid=unit.series_uid,
@@ -126,6 +189,7 @@ class Pipeline:
                 ruleset_version=rule_set.version,
                 trace=list(decision.trace),
             )
+            events.flush()  # jobs and episodes record their own events after these
             log.info("series %s matched rule %r -> %s", unit.series_uid, rule.name, rule.network)
             if rule.episode is None:
                 request = JobRequest(rule, None, uids, (), unit.study_uid, None, partial=False)
@@ -137,9 +201,22 @@ class Pipeline:
                 created += self._create_job(session, rule_set.version, request)
         return created
 
-    def _compare_with_shadow(self, session: Session, rule_set: RuleSet, header: Dataset, unit: ReadyUnit) -> None:
+    @staticmethod
+    def _record_unmatched(events: _EventBuffer, rule_set: RuleSet, unit: ReadyUnit, rules: list[str]) -> None:
+        log.info("series %s complete (%s): no rule matched", unit.series_uid, unit.layer)
+        events.add(
+            unit.study_uid,
+            "unmatched",
+            series_uid=unit.series_uid,
+            ruleset_version=rule_set.version,
+            rules=rules,
+        )
+
+    @staticmethod
+    def _compare_with_shadow(
+        rule_set: RuleSet, shadow: RuleSet | None, header: Dataset, unit: ReadyUnit, events: _EventBuffer
+    ) -> None:
         """Shadow mode: evaluate the candidate rule set too, act on nothing, report where it would differ."""
-        shadow = self.shadow_rules()
         if shadow is None:
             return
         active, candidate = route_of(rule_set, header), route_of(shadow, header)
@@ -151,8 +228,7 @@ class Pipeline:
                 candidate,
                 active,
             )
-            self.db.record_event(
-                session,
+            events.add(
                 unit.study_uid,
                 "shadow-differs",
                 series_uid=unit.series_uid,

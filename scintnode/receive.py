@@ -13,25 +13,48 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.pdu import A_RELEASE_RQ
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    evt,
+)
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
+from pynetdicom.pdu_primitives import A_RELEASE
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, case, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from scintnode.config import NodeSettings
-from scintnode.db import Database, Instance, Series, utcnow
+from scintnode.db import Database, Event, GroupCommit, Instance, Series, utcnow
 from scintnode.metrics import Metrics
 from scintnode.security import CallerPolicy, server_tls_context
-from scintnode.spool import Spool, SpoolFull
+from scintnode.spool import Spool, SpoolFull, StoredFile
 
 log = logging.getLogger(__name__)
+_PYNETDICOM_LOG = logging.getLogger("pynetdicom")
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
 
 # C-STORE failure statuses (PS3.4 Annex B.2.3) and what we use them for
 OUT_OF_RESOURCES = 0xA700  # spool full or the index cannot be written: the sender may retry later
@@ -83,6 +106,163 @@ class Header:
     transfer_syntax: str
 
 
+@dataclass
+class _Store:
+    """An index write for one stored instance; `duplicate` is set by the writer for an identical re-send."""
+
+    header: Header
+    stored: StoredFile
+    entry: _AssociationLog | None
+    duplicate: bool = False
+
+
+@dataclass
+class _Release:
+    """The sender released an association: its series start their release-quiet period."""
+
+    series_uids: frozenset[str]
+
+
+_INSTANCES = cast(Table, Instance.__table__)
+_SERIES = cast(Table, Series.__table__)
+_EVENTS = cast(Table, Event.__table__)
+# built once: SQLAlchemy then reuses their compiled form instead of building and keying a statement per call
+_KNOWN_SHA256 = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.sha256).where(
+    _INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
+)
+_INSERT_INSTANCES = insert(_INSTANCES)
+_INSERT_EVENTS = insert(_EVENTS)
+_REPLACE_INSTANCE = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
+    .values(
+        path=bindparam("path"),
+        sha256=bindparam("sha256"),
+        size=bindparam("size"),
+        received_at=bindparam("now"),
+        routed_at=None,
+    )
+)
+_RELEASE_SERIES = (
+    update(_SERIES)
+    .where(_SERIES.c.series_uid.in_(bindparam("series_uids", expanding=True)), _SERIES.c.completed_at.is_(None))
+    .values(released_at=bindparam("now"))
+)
+_SERIES_UPSERTS: dict[tuple[str, bool], Any] = {}
+
+
+def write_index_batch(connection: Connection, spool: Spool, items: list[_Store | _Release]) -> None:
+    """Index a batch in submission order, in the caller's transaction, with a few set-wise statements.
+
+    The folders of the batch's files are fsynced first, so no committed row can point at a rename that
+    a crash could still undo."""
+    spool.sync_folders(item.stored.folder for item in items if isinstance(item, _Store))
+    stores: list[_Store] = []
+    for item in items:
+        if isinstance(item, _Store):
+            stores.append(item)
+            continue
+        _write_stores(connection, stores)
+        stores = []
+        connection.execute(_RELEASE_SERIES, {"series_uids": sorted(item.series_uids), "now": utcnow()})
+    _write_stores(connection, stores)
+
+
+def _write_stores(connection: Connection, stores: list[_Store]) -> None:
+    if not stores:
+        return
+    now = utcnow()
+    uids = {s.header.sop_instance_uid for s in stores}
+    known: dict[str, str] = {
+        row.sop_instance_uid: row.sha256 for row in connection.execute(_KNOWN_SHA256, {"uids": sorted(uids)})
+    }
+    new_rows: list[dict[str, Any]] = []
+    replaced: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    series: dict[str, dict[str, Any]] = {}
+    for store in stores:
+        header, stored, entry = store.header, store.stored, store.entry
+        uid = header.sop_instance_uid
+        previous = known.get(uid)
+        if previous == stored.sha256:
+            store.duplicate = True
+            log.info("duplicate of instance %s ignored (identical content)", uid)
+            continue
+        calling_ae, address = (entry.calling_ae, entry.address) if entry else ("", "")
+        if previous is None:
+            new_rows.append(_instance_row(header, stored, entry, now))
+        else:
+            log.warning("instance %s re-sent with different content; keeping both files, indexing the new one", uid)
+            detail = {"sop_instance_uid": uid, "old_sha256": previous, "new_sha256": stored.sha256}
+            events.append({"study_uid": header.study_uid, "at": now, "kind": "replaced", "detail": detail})
+            replaced.append({"uid": uid, "path": stored.path, "sha256": stored.sha256, "size": stored.size, "now": now})
+        known[uid] = stored.sha256
+        row = series.setdefault(
+            header.series_uid,
+            {"series_uid": header.series_uid, "study_uid": header.study_uid, "modality": header.modality}
+            | {"instance_count": 0, "first_received_at": now, "last_received_at": now, "reopen": False},
+        )
+        row["instance_count"] += 1
+        # late data reopens a completed series, except an NM object, which is complete by itself
+        row["reopen"] = row["reopen"] or not is_nm_object(header.sop_class_uid, header.modality)
+        detail = {"sop_instance_uid": uid, "series_uid": header.series_uid, "calling_ae": calling_ae}
+        events.append(
+            {"study_uid": header.study_uid, "at": now, "kind": "received", "detail": detail | {"address": address}}
+        )
+    if new_rows:
+        connection.execute(_INSERT_INSTANCES, new_rows)
+    if replaced:
+        connection.execute(_REPLACE_INSTANCE, replaced)
+    for reopen in (False, True):
+        rows = [{k: v for k, v in row.items() if k != "reopen"} for row in series.values() if row["reopen"] == reopen]
+        if rows:
+            connection.execute(_series_upsert(connection.dialect.name, reopen), rows)
+    if events:
+        connection.execute(_INSERT_EVENTS, events)
+
+
+def _instance_row(header: Header, stored: StoredFile, entry: _AssociationLog | None, now: Any) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "study_uid": header.study_uid,
+        "series_uid": header.series_uid,
+        "patient_id": header.patient_id,
+        "modality": header.modality,
+        "transfer_syntax": header.transfer_syntax,
+        "path": stored.path,
+        "sha256": stored.sha256,
+        "size": stored.size,
+        "calling_ae": entry.calling_ae if entry else "",
+        "peer_address": entry.address if entry else "",
+        "association_id": entry.association_id if entry else "",
+        "received_at": now,
+        "routed_at": None,
+    }
+
+
+def _series_upsert(dialect_name: str, reopen: bool) -> Any:
+    """INSERT ... ON CONFLICT: a new series, or more instances in a known one (new data restarts its quiet)."""
+    key = (dialect_name, reopen)
+    if key not in _SERIES_UPSERTS:
+        _SERIES_UPSERTS[key] = _build_series_upsert(dialect_name, reopen)
+    return _SERIES_UPSERTS[key]
+
+
+def _build_series_upsert(dialect_name: str, reopen: bool) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(_SERIES)
+    changes: dict[str, Any] = {
+        "instance_count": _SERIES.c.instance_count + statement.excluded.instance_count,
+        "last_received_at": statement.excluded.last_received_at,
+        "released_at": None,
+    }
+    if reopen:
+        changes["completed_at"] = None
+        changes["completed_by"] = case((_SERIES.c.completed_at.is_(None), _SERIES.c.completed_by), else_="")
+    return statement.on_conflict_do_update(index_elements=[_SERIES.c.series_uid], set_=changes)
+
+
 def is_nm_object(sop_class_uid: str, modality: str) -> bool:
     return sop_class_uid in (NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED) or modality == "NM"
 
@@ -131,6 +311,41 @@ def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: s
     check_encoding(data, UID(transfer_syntax))
     check_pixel_data(ds, data, pixel_offset, transfer_syntax)
     return Header(transfer_syntax=transfer_syntax, **values)
+
+
+def _meta_element(group_element: bytes, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return group_element + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return group_element + vr + struct.pack("<H", len(value)) + value
+
+
+def _ui(value: str) -> bytes:
+    raw = value.encode("latin-1", "replace")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+_META_VERSION = _meta_element(b"\x02\x00\x01\x00", b"OB", b"\x00\x01")
+_META_IMPLEMENTATION = _meta_element(b"\x02\x00\x12\x00", b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)) + _meta_element(
+    b"\x02\x00\x13\x00",
+    b"SH",
+    PYNETDICOM_IMPLEMENTATION_VERSION.encode() + b" " * (len(PYNETDICOM_IMPLEMENTATION_VERSION) % 2),
+)
+
+
+def part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """The Part-10 file of a received data set: what Event.encoded_dataset() writes, without building the File
+    Meta through pydicom (which costs more than the rest of the handler's encoding work)."""
+    elements = b"".join(
+        (
+            _META_VERSION,
+            _meta_element(b"\x02\x00\x02\x00", b"UI", _ui(sop_class_uid)),
+            _meta_element(b"\x02\x00\x03\x00", b"UI", _ui(sop_instance_uid)),
+            _meta_element(b"\x02\x00\x10\x00", b"UI", _ui(transfer_syntax)),
+            _META_IMPLEMENTATION,
+        )
+    )
+    group_length = _meta_element(b"\x02\x00\x00\x00", b"UL", struct.pack("<I", len(elements)))
+    return b"".join((b"\x00" * 128, b"DICM", group_length, elements, dataset))
 
 
 def check_encoding(data: bytes, syntax: UID) -> None:
@@ -225,6 +440,20 @@ def _tag(header: bytes, little_endian: bool) -> tuple[int, int]:
     return int(group), int(element)
 
 
+class _CheapCopyContexts(list[PresentationContext]):
+    """The supported contexts, which pynetdicom deep-copies for every association: with every storage class
+    and transfer syntax that is ~35 ms of CPU each time. A context holds only strings, numbers and lists of
+    strings, so copying each context's fields is the same copy at a fraction of the cost."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        copies = []
+        for context in self:
+            clone = PresentationContext.__new__(PresentationContext)
+            clone.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in vars(context).items()})
+            copies.append(clone)
+        return copies
+
+
 class _BoundedServer(ThreadedAssociationServer):  # type: ignore[misc]
     """The TCP side: closes a connection at once when its address could never be allowed or when too many
     are open (a flood of idle sockets must not cost a thread each without limit; idle ones time out)."""
@@ -270,7 +499,11 @@ class Receiver:
         self.metrics = metrics
         self.policy = CallerPolicy(settings.allowed_callers)
         self._associations: dict[int, _AssociationLog] = {}
-        self._lock = threading.Lock()  # serialises index writes (SQLite has one writer anyway)
+        self._lock = threading.Lock()  # guards the association table
+        # shared by every association: concurrent C-STOREs share a transaction (and its fsync)
+        self.index_writer: GroupCommit[_Store | _Release] = GroupCommit(
+            db.engine, lambda connection, items: write_index_batch(connection, spool, items)
+        )
         self._server: _BoundedServer | None = None
 
     @property
@@ -311,7 +544,7 @@ class Receiver:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_ACSE_RECV, self._on_acse),
             (evt.EVT_CONN_OPEN, self._on_connection),
         ]
         tls = self.settings.tls
@@ -323,6 +556,7 @@ class Receiver:
         )
         server.policy = self.policy
         server.max_connections = self.settings.max_connections
+        server.contexts = _CheapCopyContexts(server.contexts)
         ae._servers.append(server)  # as start_server does: its shutdown() removes itself from this list
         threading.Thread(target=server.serve_forever, name="scintnode-scp-accept", daemon=True).start()
         self._server = server
@@ -345,9 +579,15 @@ class Receiver:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.index_writer.close()
 
     # -- association bookkeeping -------------------------------------------------------------------
     def _on_connection(self, event: evt.Event) -> None:
+        if not _PYNETDICOM_LOG.isEnabledFor(logging.INFO):
+            # pynetdicom's standard handlers format a description of every PDU and DIMSE message, even
+            # when its log would drop them; unbound, nothing is built per PDU
+            for kind, handler in _STANDARD_LOG_HANDLERS:
+                event.assoc.unbind(kind, handler)
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             try:  # pynetdicom answers in several small PDUs; Nagle would hold each for ~40 ms
@@ -397,10 +637,11 @@ class Receiver:
             self._record_release(entry)
         self.on_change()
 
-    def _on_pdu(self, event: evt.Event) -> None:
+    def _on_acse(self, event: evt.Event) -> None:
         # pynetdicom answers A-RELEASE before EVT_RELEASED fires; recording here, on the request, means a
         # sender that saw its release confirmed finds the release in the index
-        if isinstance(event.pdu, A_RELEASE_RQ):
+        primitive = event.primitive
+        if isinstance(primitive, A_RELEASE) and primitive.result is None:
             with self._lock:
                 entry = self._associations.get(id(event.assoc))
             if entry is not None:
@@ -411,13 +652,8 @@ class Receiver:
             return
         entry.release_recorded = True
         try:
-            with self._lock, self.db.session() as session:
-                now = utcnow()
-                for series in session.scalars(
-                    select(Series).where(Series.series_uid.in_(entry.series), Series.completed_at.is_(None))
-                ):
-                    series.released_at = now
-        except SQLAlchemyError:
+            self.index_writer.submit(_Release(frozenset(entry.series)))
+        except (SQLAlchemyError, OSError):
             log.exception("could not record the release of association %s", entry.association_id[:8])
 
     def _on_released(self, event: evt.Event) -> None:
@@ -452,7 +688,9 @@ class Receiver:
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
         try:
-            data = event.encoded_dataset(include_meta=True)
+            data = part10(
+                event.encoded_dataset(include_meta=False), sop_class, sop_instance, str(event.context.transfer_syntax)
+            )
             header = read_header(data, sop_class, sop_instance)
         except Rejected as exc:
             log.warning(
@@ -464,85 +702,23 @@ class Receiver:
             )
             return exc.status
         try:
-            stored = self.spool.store_input(data, header.study_uid, header.series_uid, header.sop_instance_uid)
+            stored = self.spool.store_input(
+                data, header.study_uid, header.series_uid, header.sop_instance_uid, sync_dir=False
+            )
         except SpoolFull as exc:
             log.error("refused instance %s: %s (status 0xA700)", sop_instance, exc)
             return OUT_OF_RESOURCES
         except OSError as exc:
             log.error("could not write instance %s to the spool: %s (status 0xA700)", sop_instance, exc)
             return OUT_OF_RESOURCES
+        store = _Store(header, stored, entry)
         try:
-            self._index(header, stored.path, stored.sha256, stored.size, entry)
-        except SQLAlchemyError as exc:
+            self.index_writer.submit(store)  # returns once the row (and the file's rename) is durable
+        except (SQLAlchemyError, OSError) as exc:
             log.error("could not index instance %s: %s (status 0xA700)", sop_instance, exc)
             return OUT_OF_RESOURCES
-        self.on_change()
+        if not store.duplicate:
+            if entry is not None:
+                entry.series.add(header.series_uid)
+            self.on_change()
         return 0x0000
-
-    def _index(self, header: Header, path: str, sha256: str, size: int, entry: _AssociationLog | None) -> None:
-        now = utcnow()
-        with self._lock, self.db.session() as session:
-            existing = session.get(Instance, header.sop_instance_uid)
-            if existing is not None:
-                if existing.sha256 == sha256:
-                    log.info("duplicate of instance %s ignored (identical content)", header.sop_instance_uid)
-                    return
-                log.warning(
-                    "instance %s re-sent with different content; keeping both files, indexing the new one",
-                    header.sop_instance_uid,
-                )
-                self.db.record_event(
-                    session,
-                    header.study_uid,
-                    "replaced",
-                    sop_instance_uid=header.sop_instance_uid,
-                    old_sha256=existing.sha256,
-                    new_sha256=sha256,
-                )
-                existing.path, existing.sha256, existing.size = path, sha256, size
-                existing.received_at, existing.routed_at = now, None
-            else:
-                session.add(
-                    Instance(
-                        sop_instance_uid=header.sop_instance_uid,
-                        sop_class_uid=header.sop_class_uid,
-                        study_uid=header.study_uid,
-                        series_uid=header.series_uid,
-                        patient_id=header.patient_id,
-                        modality=header.modality,
-                        transfer_syntax=header.transfer_syntax,
-                        path=path,
-                        sha256=sha256,
-                        size=size,
-                        calling_ae=entry.calling_ae if entry else "",
-                        peer_address=entry.address if entry else "",
-                        association_id=entry.association_id if entry else "",
-                        received_at=now,
-                    )
-                )
-            series = session.get(Series, header.series_uid)
-            if series is None:
-                series = Series(
-                    series_uid=header.series_uid,
-                    study_uid=header.study_uid,
-                    modality=header.modality,
-                    instance_count=0,
-                    first_received_at=now,
-                )
-                session.add(series)
-            series.instance_count = (series.instance_count or 0) + 1
-            series.last_received_at = now
-            series.released_at = None  # new data: the quiet period starts again
-            if series.completed_at is not None and not is_nm_object(header.sop_class_uid, header.modality):
-                series.completed_at, series.completed_by = None, ""  # late data reopens a series
-            self.db.record_event(
-                session,
-                header.study_uid,
-                "received",
-                sop_instance_uid=header.sop_instance_uid,
-                series_uid=header.series_uid,
-                calling_ae=entry.calling_ae if entry else "",
-                address=entry.address if entry else "",
-            )
-        if entry is not None:
-            entry.series.add(header.series_uid)

@@ -1,13 +1,17 @@
 """The spool: where received instances and written results live on disk, one file per SOP instance.
 
 Paths are built from hashes of the UIDs, never from UID text, so no sender can steer a path. Every file
-is written to a temporary name, fsynced, renamed and its directory fsynced before anyone is told it exists."""
+is written to a temporary name, fsynced, renamed and its directory fsynced before anyone is told it exists.
+The receiver defers the directory fsync (`sync_dir=False`) to its group commit, which syncs each folder of
+a batch once before the batch's index rows commit."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,10 @@ class StoredFile:
     sha256: str
     size: int
 
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(self.path)
+
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
@@ -36,6 +44,9 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         for sub in ("", "inputs", "outputs", "tmp"):
             (self.root / sub).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self._folders: set[Path] = set()  # folders known to exist: saves a mkdir per file
+        self._folders_lock = threading.Lock()
+        self._sequence = 0  # with the pid, names each temporary file uniquely
 
     def absolute(self, relative: str) -> Path:
         return self.root / relative
@@ -43,14 +54,22 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def store_input(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str) -> StoredFile:
+    def store_input(
+        self, data: bytes, study_uid: str, series_uid: str, sop_uid: str, sync_dir: bool = True
+    ) -> StoredFile:
+        """Write an input durably; with sync_dir=False the caller must `sync_folders` before relying on it."""
         content = hashlib.sha256(data).hexdigest()
         # the content hash in the name keeps a changed re-send beside the original instead of over it
         relative = (
             f"inputs/{_digest(study_uid)[:16]}/{_digest(series_uid)[:16]}/{_digest(sop_uid)[:32]}-{content[:12]}.dcm"
         )
-        self._write(relative, data)
+        self._write(relative, data, sync_dir)
         return StoredFile(relative, content, len(data))
+
+    def sync_folders(self, folders: Iterable[str]) -> None:
+        """fsync each folder once, making the renames into it durable."""
+        for folder in set(folders):
+            _fsync_dir(self.absolute(folder))
 
     def store_output(self, data: bytes, study_uid: str, sop_uid: str) -> StoredFile:
         content = hashlib.sha256(data).hexdigest()
@@ -70,25 +89,41 @@ class Spool:
             except OSError:
                 break
 
-    def _write(self, relative: str, data: bytes) -> None:
+    def _write(self, relative: str, data: bytes, sync_dir: bool = True) -> None:
         if self.min_free_bytes and self.free_bytes() - len(data) < self.min_free_bytes:
             raise SpoolFull(f"spool {self.root} would drop below its reserve of {self.min_free_bytes} bytes")
         final = self.absolute(relative)
-        final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        if final.exists() and final.stat().st_size == len(data):
-            return  # same content hash in the name: already stored
-        tmp = self.root / "tmp" / f"{final.name}.{os.getpid()}.{id(data)}.part"
+        self._ensure_folder(final.parent)
+        try:
+            if os.stat(final).st_size == len(data):
+                if sync_dir:
+                    _fsync_dir(final.parent)  # a crash may have come between its rename and the folder's fsync
+                return  # same content hash in the name: already stored
+        except FileNotFoundError:
+            pass
+        with self._folders_lock:
+            self._sequence += 1
+            tmp = self.root / "tmp" / f"{final.name}.{os.getpid()}.{self._sequence}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
+            with os.fdopen(fd, "wb", buffering=0) as handle:
+                view = memoryview(data)
+                while view:
+                    view = view[handle.write(view) or 0 :]
                 os.fsync(handle.fileno())
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(final.parent)
+        if sync_dir:
+            _fsync_dir(final.parent)
+
+    def _ensure_folder(self, folder: Path) -> None:
+        if folder in self._folders and folder.is_dir():
+            return
+        folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        with self._folders_lock:
+            self._folders.add(folder)
 
 
 def _fsync_dir(path: Path) -> None:
