@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wb", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="runs per cell; the median is reported")
     parser.add_argument("--receivers", default="dcmtk,orthanc,scintnode")
+    parser.add_argument(
+        "--associations", default="1,4", help="parallel storescu associations per cell, comma-separated (e.g. 1,4,16)"
+    )
     parser.add_argument("--json", type=Path, help="also write every run as JSON")
     args = parser.parse_args(argv)
     for tool in ("storescu", "storescp", "echoscu"):
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[Row] = []
     for dataset, files in sets.items():
-        for associations in (1, 4):
+        for associations in (int(a) for a in args.associations.split(",")):
             for name in args.receivers.split(","):
                 runs = [measure(name, dataset, files, associations, workdir / f"r{r}") for r in range(args.rounds)]
                 runs.sort(key=lambda row: row.seconds)

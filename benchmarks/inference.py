@@ -1,0 +1,125 @@
+"""Inference: latency, throughput and the share of each job outside the network, per network, in process.
+
+Each network's synthetic demo studies are read once; every job then runs as the node's worker runs it
+(`scintnode.infer.run_network`: decode, preprocessing, the network with its Grad-CAM, SR, SC and SEG),
+several times over. The network's own figure is the forward and Grad-CAM backward pass the network timed
+itself; everything else in the job is "outside". Throughput is jobs per second, one after another in one
+thread, as the node's single worker runs them. The device is recorded (a CUDA GPU when torch sees one).
+
+    .venv/bin/python -m benchmarks.inference [--repeats 5] [--network thyroid-resnet34 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydicom import Dataset, dcmread
+
+from scintnode.demo_cases import CASES, DemoStudy
+from scintnode.infer import run_network
+from scintnode.models.registry import Network, default_registry
+
+# The slot each file of a demo study fills, by network and association (episodes only).
+_EPISODE_SLOTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "paranet-small": (("early", "late"), ("thyroid",)),
+    "ct-parathyroid-unet": (("unenhanced",), ("enhanced",)),
+}
+_OUTPUTS: dict[str, tuple[str, ...]] = {"ct-parathyroid-unet": ("seg", "sr", "sc")}
+
+
+@dataclass(frozen=True)
+class Job:
+    sources: list[Dataset]
+    slots: list[str] | None
+
+
+@dataclass(frozen=True)
+class Row:
+    network: str
+    jobs: int
+    job_median_ms: float
+    job_p95_ms: float
+    network_median_ms: float
+    per_second: float
+
+    @property
+    def outside_share(self) -> float:
+        return 1.0 - self.network_median_ms / self.job_median_ms if self.job_median_ms else 0.0
+
+
+def _jobs(study: DemoStudy) -> Job:
+    sources: list[Dataset] = []
+    slots: list[str] = []
+    names = _EPISODE_SLOTS.get(study.network)
+    for number, association in enumerate(study.associations):
+        for position, path in enumerate(association):
+            sources.append(dcmread(path))
+            if names is not None:
+                slots.append(names[number][min(position, len(names[number]) - 1)])
+    return Job(sources, slots if names is not None else None)
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(network: Network, name: str, jobs: list[Job], repeats: int) -> Row:
+    outputs = _OUTPUTS.get(name, ("sr", "sc"))
+    run_network(network, jobs[0].sources, outputs, slots=jobs[0].slots)  # warm-up: first-call allocations
+    totals, inside = [], []
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for job in jobs:
+            result = run_network(network, job.sources, outputs, slots=job.slots)
+            totals.append(result.total_ms)
+            inside.append(result.inference_ms)
+    elapsed = time.perf_counter() - started
+    return Row(
+        name,
+        len(totals),
+        statistics.median(totals),
+        _quantile(totals, 0.95),
+        statistics.median(inside),
+        len(totals) / elapsed,
+    )
+
+
+def device() -> str:
+    if torch.cuda.is_available():
+        return f"CUDA {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="passes over each network's studies")
+    parser.add_argument("--per-class", type=int, default=2, help="synthetic demo studies per class")
+    parser.add_argument("--network", action="append", choices=sorted(CASES), help="default: all")
+    args = parser.parse_args(argv)
+    registry = default_registry()
+    print(f"device: {device()}, torch {torch.__version__}; synthetic studies")
+    print("| network | jobs | job median ms | job p95 ms | network median ms | share outside the network | jobs/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="scintnode-inference-") as tmp:
+        for name in args.network or sorted(CASES):
+            studies = CASES[name](Path(tmp) / name, args.per_class, 7)
+            row = measure(registry.get(name), name, [_jobs(s) for s in studies], args.repeats)
+            print(
+                f"| {row.network} | {row.jobs} | {row.job_median_ms:.0f} | {row.job_p95_ms:.0f} | "
+                f"{row.network_median_ms:.0f} | {row.outside_share:.0%} | {row.per_second:.1f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
