@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from scintnode.config import CompletionSettings
 from scintnode.db import Instance, Series
-from scintnode.receive import NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED
+from scintnode.receive_index import NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED
 
 NM_OBJECT = "nm-object"
 RELEASE_QUIET = "release-quiet"

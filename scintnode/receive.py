@@ -11,9 +11,8 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, cast
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -36,16 +35,20 @@ from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Table, bindparam, case, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from scintnode.config import NodeSettings
-from scintnode.db import Database, Event, GroupCommit, Instance, Series, utcnow
+from scintnode.db import Database, GroupCommit
 from scintnode.metrics import Metrics
+from scintnode.receive_index import (
+    AssociationLog,
+    Header,
+    ReleaseWrite,
+    StoreWrite,
+    write_index_batch,
+)
 from scintnode.security import CallerPolicy, server_tls_context
-from scintnode.spool import Spool, SpoolFull, StoredFile
+from scintnode.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 _PYNETDICOM_LOG = logging.getLogger("pynetdicom")
@@ -62,9 +65,6 @@ DATASET_MISMATCH = 0xA900  # dataset does not match the SOP class / the request 
 CANNOT_UNDERSTAND = 0xC210  # not a decodable DICOM dataset
 INVALID_UID = 0xC220  # a UID that is not a valid DICOM UID (e.g. holding path characters)
 
-NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
-NM_IMAGE_STORAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.5"
-
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # explicit VR elements whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2)
@@ -80,191 +80,6 @@ class Rejected(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-@dataclass
-class _AssociationLog:
-    association_id: str
-    calling_ae: str
-    address: str
-    series: set[str] = field(default_factory=set)
-    stored: int = 0
-    rejected: int = 0
-    release_recorded: bool = False
-
-
-@dataclass(frozen=True)
-class Header:
-    """The identifying attributes read from an instance's header."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_uid: str
-    series_uid: str
-    patient_id: str
-    modality: str
-    transfer_syntax: str
-
-
-@dataclass
-class _Store:
-    """An index write for one stored instance; `duplicate` is set by the writer for an identical re-send."""
-
-    header: Header
-    stored: StoredFile
-    entry: _AssociationLog | None
-    duplicate: bool = False
-
-
-@dataclass
-class _Release:
-    """The sender released an association: its series start their release-quiet period."""
-
-    series_uids: frozenset[str]
-
-
-_INSTANCES = cast(Table, Instance.__table__)
-_SERIES = cast(Table, Series.__table__)
-_EVENTS = cast(Table, Event.__table__)
-# built once: SQLAlchemy then reuses their compiled form instead of building and keying a statement per call
-_KNOWN_SHA256 = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.sha256).where(
-    _INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
-)
-_INSERT_INSTANCES = insert(_INSTANCES)
-_INSERT_EVENTS = insert(_EVENTS)
-_REPLACE_INSTANCE = (
-    update(_INSTANCES)
-    .where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
-    .values(
-        path=bindparam("path"),
-        sha256=bindparam("sha256"),
-        size=bindparam("size"),
-        received_at=bindparam("now"),
-        routed_at=None,
-    )
-)
-_RELEASE_SERIES = (
-    update(_SERIES)
-    .where(_SERIES.c.series_uid.in_(bindparam("series_uids", expanding=True)), _SERIES.c.completed_at.is_(None))
-    .values(released_at=bindparam("now"))
-)
-_SERIES_UPSERTS: dict[tuple[str, bool], Any] = {}
-
-
-def write_index_batch(connection: Connection, spool: Spool, items: list[_Store | _Release]) -> None:
-    """Index a batch in submission order, in the caller's transaction, with a few set-wise statements.
-
-    The folders of the batch's files are fsynced first, so no committed row can point at a rename that
-    a crash could still undo."""
-    spool.sync_folders(item.stored.folder for item in items if isinstance(item, _Store))
-    stores: list[_Store] = []
-    for item in items:
-        if isinstance(item, _Store):
-            stores.append(item)
-            continue
-        _write_stores(connection, stores)
-        stores = []
-        connection.execute(_RELEASE_SERIES, {"series_uids": sorted(item.series_uids), "now": utcnow()})
-    _write_stores(connection, stores)
-
-
-def _write_stores(connection: Connection, stores: list[_Store]) -> None:
-    if not stores:
-        return
-    now = utcnow()
-    uids = {s.header.sop_instance_uid for s in stores}
-    known: dict[str, str] = {
-        row.sop_instance_uid: row.sha256 for row in connection.execute(_KNOWN_SHA256, {"uids": sorted(uids)})
-    }
-    new_rows: list[dict[str, Any]] = []
-    replaced: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    series: dict[str, dict[str, Any]] = {}
-    for store in stores:
-        header, stored, entry = store.header, store.stored, store.entry
-        uid = header.sop_instance_uid
-        previous = known.get(uid)
-        if previous == stored.sha256:
-            store.duplicate = True
-            log.info("duplicate of instance %s ignored (identical content)", uid)
-            continue
-        calling_ae, address = (entry.calling_ae, entry.address) if entry else ("", "")
-        if previous is None:
-            new_rows.append(_instance_row(header, stored, entry, now))
-        else:
-            log.warning("instance %s re-sent with different content; keeping both files, indexing the new one", uid)
-            detail = {"sop_instance_uid": uid, "old_sha256": previous, "new_sha256": stored.sha256}
-            events.append({"study_uid": header.study_uid, "at": now, "kind": "replaced", "detail": detail})
-            replaced.append({"uid": uid, "path": stored.path, "sha256": stored.sha256, "size": stored.size, "now": now})
-        known[uid] = stored.sha256
-        row = series.setdefault(
-            header.series_uid,
-            {"series_uid": header.series_uid, "study_uid": header.study_uid, "modality": header.modality}
-            | {"instance_count": 0, "first_received_at": now, "last_received_at": now, "reopen": False},
-        )
-        row["instance_count"] += 1
-        # late data reopens a completed series, except an NM object, which is complete by itself
-        row["reopen"] = row["reopen"] or not is_nm_object(header.sop_class_uid, header.modality)
-        detail = {"sop_instance_uid": uid, "series_uid": header.series_uid, "calling_ae": calling_ae}
-        events.append(
-            {"study_uid": header.study_uid, "at": now, "kind": "received", "detail": detail | {"address": address}}
-        )
-    if new_rows:
-        connection.execute(_INSERT_INSTANCES, new_rows)
-    if replaced:
-        connection.execute(_REPLACE_INSTANCE, replaced)
-    for reopen in (False, True):
-        rows = [{k: v for k, v in row.items() if k != "reopen"} for row in series.values() if row["reopen"] == reopen]
-        if rows:
-            connection.execute(_series_upsert(connection.dialect.name, reopen), rows)
-    if events:
-        connection.execute(_INSERT_EVENTS, events)
-
-
-def _instance_row(header: Header, stored: StoredFile, entry: _AssociationLog | None, now: Any) -> dict[str, Any]:
-    return {
-        "sop_instance_uid": header.sop_instance_uid,
-        "sop_class_uid": header.sop_class_uid,
-        "study_uid": header.study_uid,
-        "series_uid": header.series_uid,
-        "patient_id": header.patient_id,
-        "modality": header.modality,
-        "transfer_syntax": header.transfer_syntax,
-        "path": stored.path,
-        "sha256": stored.sha256,
-        "size": stored.size,
-        "calling_ae": entry.calling_ae if entry else "",
-        "peer_address": entry.address if entry else "",
-        "association_id": entry.association_id if entry else "",
-        "received_at": now,
-        "routed_at": None,
-    }
-
-
-def _series_upsert(dialect_name: str, reopen: bool) -> Any:
-    """INSERT ... ON CONFLICT: a new series, or more instances in a known one (new data restarts its quiet)."""
-    key = (dialect_name, reopen)
-    if key not in _SERIES_UPSERTS:
-        _SERIES_UPSERTS[key] = _build_series_upsert(dialect_name, reopen)
-    return _SERIES_UPSERTS[key]
-
-
-def _build_series_upsert(dialect_name: str, reopen: bool) -> Any:
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    statement = dialect.insert(_SERIES)
-    changes: dict[str, Any] = {
-        "instance_count": _SERIES.c.instance_count + statement.excluded.instance_count,
-        "last_received_at": statement.excluded.last_received_at,
-        "released_at": None,
-    }
-    if reopen:
-        changes["completed_at"] = None
-        changes["completed_by"] = case((_SERIES.c.completed_at.is_(None), _SERIES.c.completed_by), else_="")
-    return statement.on_conflict_do_update(index_elements=[_SERIES.c.series_uid], set_=changes)
-
-
-def is_nm_object(sop_class_uid: str, modality: str) -> bool:
-    return sop_class_uid in (NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED) or modality == "NM"
 
 
 def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: str) -> Header:
@@ -498,10 +313,10 @@ class Receiver:
         self.on_change = on_change  # wakes the pipeline: new data or a released association
         self.metrics = metrics
         self.policy = CallerPolicy(settings.allowed_callers)
-        self._associations: dict[int, _AssociationLog] = {}
+        self._associations: dict[int, AssociationLog] = {}
         self._lock = threading.Lock()  # guards the association table
         # shared by every association: concurrent C-STOREs share a transaction (and its fsync)
-        self.index_writer: GroupCommit[_Store | _Release] = GroupCommit(
+        self.index_writer: GroupCommit[StoreWrite | ReleaseWrite] = GroupCommit(
             db.engine, lambda connection, items: write_index_batch(connection, spool, items)
         )
         self._server: _BoundedServer | None = None
@@ -608,7 +423,7 @@ class Receiver:
 
     def _on_established(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
-        entry = _AssociationLog(uuid.uuid4().hex, str(requestor.ae_title), str(requestor.address))
+        entry = AssociationLog(uuid.uuid4().hex, str(requestor.ae_title), str(requestor.address))
         with self._lock:
             self._associations[id(event.assoc)] = entry
         log.info("association %s from %s at %s", entry.association_id[:8], entry.calling_ae, entry.address)
@@ -647,12 +462,12 @@ class Receiver:
             if entry is not None:
                 self._record_release(entry)
 
-    def _record_release(self, entry: _AssociationLog) -> None:
+    def _record_release(self, entry: AssociationLog) -> None:
         if entry.release_recorded or not entry.series:
             return
         entry.release_recorded = True
         try:
-            self.index_writer.submit(_Release(frozenset(entry.series)))
+            self.index_writer.submit(ReleaseWrite(frozenset(entry.series)))
         except (SQLAlchemyError, OSError):
             log.exception("could not record the release of association %s", entry.association_id[:8])
 
@@ -683,7 +498,7 @@ class Receiver:
                 self.metrics.rejected.labels(f"0x{status:04X}").inc()
         return status
 
-    def _store(self, event: evt.Event, entry: _AssociationLog | None) -> int:
+    def _store(self, event: evt.Event, entry: AssociationLog | None) -> int:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
@@ -711,7 +526,7 @@ class Receiver:
         except OSError as exc:
             log.error("could not write instance %s to the spool: %s (status 0xA700)", sop_instance, exc)
             return OUT_OF_RESOURCES
-        store = _Store(header, stored, entry)
+        store = StoreWrite(header, stored, entry)
         try:
             self.index_writer.submit(store)  # returns once the row (and the file's rename) is durable
         except (SQLAlchemyError, OSError) as exc:

@@ -1,0 +1,210 @@
+"""The receiver's index writes: what one stored instance or one released association puts in the index, and
+the batch writer the group commit runs (`db.GroupCommit`), in Core statements built once.
+
+Receive stage, between the spool and the answer to the sender: a C-STORE is answered only after the batch
+holding its row has committed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, case, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from scintnode.db import Event, Instance, Series, utcnow
+from scintnode.spool import Spool, StoredFile
+
+log = logging.getLogger(__name__)
+
+NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+NM_IMAGE_STORAGE_RETIRED = "1.2.840.10008.5.1.4.1.1.5"
+
+
+@dataclass
+class AssociationLog:
+    """One association as the receiver tracks it: who sent, what was stored or refused, which series."""
+
+    association_id: str
+    calling_ae: str
+    address: str
+    series: set[str] = field(default_factory=set)
+    stored: int = 0
+    rejected: int = 0
+    release_recorded: bool = False
+
+
+@dataclass(frozen=True)
+class Header:
+    """The identifying attributes read from an instance's header."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    modality: str
+    transfer_syntax: str
+
+
+@dataclass
+class StoreWrite:
+    """An index write for one stored instance; `duplicate` is set by the writer for an identical re-send."""
+
+    header: Header
+    stored: StoredFile
+    entry: AssociationLog | None
+    duplicate: bool = False
+
+
+@dataclass
+class ReleaseWrite:
+    """The sender released an association: its series start their release-quiet period."""
+
+    series_uids: frozenset[str]
+
+
+_INSTANCES = cast(Table, Instance.__table__)
+_SERIES = cast(Table, Series.__table__)
+_EVENTS = cast(Table, Event.__table__)
+# built once: SQLAlchemy then reuses their compiled form instead of building and keying a statement per call
+_KNOWN_SHA256 = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.sha256).where(
+    _INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
+)
+_INSERT_INSTANCES = insert(_INSTANCES)
+_INSERT_EVENTS = insert(_EVENTS)
+_REPLACE_INSTANCE = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
+    .values(
+        path=bindparam("path"),
+        sha256=bindparam("sha256"),
+        size=bindparam("size"),
+        received_at=bindparam("now"),
+        routed_at=None,
+    )
+)
+_RELEASE_SERIES = (
+    update(_SERIES)
+    .where(_SERIES.c.series_uid.in_(bindparam("series_uids", expanding=True)), _SERIES.c.completed_at.is_(None))
+    .values(released_at=bindparam("now"))
+)
+_SERIES_UPSERTS: dict[tuple[str, bool], Any] = {}
+
+
+def write_index_batch(connection: Connection, spool: Spool, items: list[StoreWrite | ReleaseWrite]) -> None:
+    """Index a batch in submission order, in the caller's transaction, with a few set-wise statements.
+
+    The folders of the batch's files are fsynced first, so no committed row can point at a rename that
+    a crash could still undo."""
+    spool.sync_folders(item.stored.folder for item in items if isinstance(item, StoreWrite))
+    stores: list[StoreWrite] = []
+    for item in items:
+        if isinstance(item, StoreWrite):
+            stores.append(item)
+            continue
+        _write_stores(connection, stores)
+        stores = []
+        connection.execute(_RELEASE_SERIES, {"series_uids": sorted(item.series_uids), "now": utcnow()})
+    _write_stores(connection, stores)
+
+
+def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
+    if not stores:
+        return
+    now = utcnow()
+    uids = {s.header.sop_instance_uid for s in stores}
+    known: dict[str, str] = {
+        row.sop_instance_uid: row.sha256 for row in connection.execute(_KNOWN_SHA256, {"uids": sorted(uids)})
+    }
+    new_rows: list[dict[str, Any]] = []
+    replaced: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    series: dict[str, dict[str, Any]] = {}
+    for store in stores:
+        header, stored, entry = store.header, store.stored, store.entry
+        uid = header.sop_instance_uid
+        previous = known.get(uid)
+        if previous == stored.sha256:
+            store.duplicate = True
+            log.info("duplicate of instance %s ignored (identical content)", uid)
+            continue
+        calling_ae, address = (entry.calling_ae, entry.address) if entry else ("", "")
+        if previous is None:
+            new_rows.append(_instance_row(header, stored, entry, now))
+        else:
+            log.warning("instance %s re-sent with different content; keeping both files, indexing the new one", uid)
+            detail = {"sop_instance_uid": uid, "old_sha256": previous, "new_sha256": stored.sha256}
+            events.append({"study_uid": header.study_uid, "at": now, "kind": "replaced", "detail": detail})
+            replaced.append({"uid": uid, "path": stored.path, "sha256": stored.sha256, "size": stored.size, "now": now})
+        known[uid] = stored.sha256
+        row = series.setdefault(
+            header.series_uid,
+            {"series_uid": header.series_uid, "study_uid": header.study_uid, "modality": header.modality}
+            | {"instance_count": 0, "first_received_at": now, "last_received_at": now, "reopen": False},
+        )
+        row["instance_count"] += 1
+        # late data reopens a completed series, except an NM object, which is complete by itself
+        row["reopen"] = row["reopen"] or not is_nm_object(header.sop_class_uid, header.modality)
+        detail = {"sop_instance_uid": uid, "series_uid": header.series_uid, "calling_ae": calling_ae}
+        events.append(
+            {"study_uid": header.study_uid, "at": now, "kind": "received", "detail": detail | {"address": address}}
+        )
+    if new_rows:
+        connection.execute(_INSERT_INSTANCES, new_rows)
+    if replaced:
+        connection.execute(_REPLACE_INSTANCE, replaced)
+    for reopen in (False, True):
+        rows = [{k: v for k, v in row.items() if k != "reopen"} for row in series.values() if row["reopen"] == reopen]
+        if rows:
+            connection.execute(_series_upsert(connection.dialect.name, reopen), rows)
+    if events:
+        connection.execute(_INSERT_EVENTS, events)
+
+
+def _instance_row(header: Header, stored: StoredFile, entry: AssociationLog | None, now: Any) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "study_uid": header.study_uid,
+        "series_uid": header.series_uid,
+        "patient_id": header.patient_id,
+        "modality": header.modality,
+        "transfer_syntax": header.transfer_syntax,
+        "path": stored.path,
+        "sha256": stored.sha256,
+        "size": stored.size,
+        "calling_ae": entry.calling_ae if entry else "",
+        "peer_address": entry.address if entry else "",
+        "association_id": entry.association_id if entry else "",
+        "received_at": now,
+        "routed_at": None,
+    }
+
+
+def _series_upsert(dialect_name: str, reopen: bool) -> Any:
+    """INSERT ... ON CONFLICT: a new series, or more instances in a known one (new data restarts its quiet)."""
+    key = (dialect_name, reopen)
+    if key not in _SERIES_UPSERTS:
+        _SERIES_UPSERTS[key] = _build_series_upsert(dialect_name, reopen)
+    return _SERIES_UPSERTS[key]
+
+
+def _build_series_upsert(dialect_name: str, reopen: bool) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(_SERIES)
+    changes: dict[str, Any] = {
+        "instance_count": _SERIES.c.instance_count + statement.excluded.instance_count,
+        "last_received_at": statement.excluded.last_received_at,
+        "released_at": None,
+    }
+    if reopen:
+        changes["completed_at"] = None
+        changes["completed_by"] = case((_SERIES.c.completed_at.is_(None), _SERIES.c.completed_by), else_="")
+    return statement.on_conflict_do_update(index_elements=[_SERIES.c.series_uid], set_=changes)
+
+
+def is_nm_object(sop_class_uid: str, modality: str) -> bool:
+    return sop_class_uid in (NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED) or modality == "NM"
