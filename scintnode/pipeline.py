@@ -15,12 +15,12 @@ from io import BytesIO
 from typing import Any, cast
 
 from pydicom import Dataset, dcmread
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from scintnode.assemble import NM_OBJECT, ReadyUnit, collect_ready
 from scintnode.config import Settings
-from scintnode.db import Database, Episode, Event, Instance, Job, Output, utcnow
+from scintnode.db import INSERT_EVENTS, Database, Episode, Instance, Job, Output, event_row, utcnow
 from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
 from scintnode.infer import InputError, run_network
 from scintnode.metrics import Metrics
@@ -32,7 +32,6 @@ from scintnode.send import Dispatcher
 from scintnode.spool import Spool
 
 log = logging.getLogger(__name__)
-_EVENTS = cast(Table, Event.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 _EPISODES = cast(Table, Episode.__table__)
 # built once, so each routing pass reuses their compiled form
@@ -44,7 +43,6 @@ _MARK_ROUTED = (
 _EPISODE_DUE = (
     select(_EPISODES.c.id).where(_EPISODES.c.state == "open", _EPISODES.c.deadline_at <= bindparam("now")).limit(1)
 )
-_INSERT_EVENTS = insert(_EVENTS)
 
 
 def idempotency_key(rule_name: str, network: str, instance_uids: list[str]) -> str:
@@ -62,12 +60,12 @@ class _EventBuffer:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, study_uid: str, kind: str, **detail: Any) -> None:
-        self.rows.append({"study_uid": study_uid, "at": utcnow(), "kind": kind, "detail": detail})
+        self.rows.append(event_row(study_uid, kind, utcnow(), **detail))
 
     def flush(self) -> None:
         if self.rows:
             self.session.flush()  # events the ORM holds were recorded first
-            self.session.connection().execute(_INSERT_EVENTS, self.rows)
+            self.session.connection().execute(INSERT_EVENTS, self.rows)
             self.rows = []
 
 

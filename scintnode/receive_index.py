@@ -6,6 +6,7 @@ holding its row has committed."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -14,7 +15,7 @@ from sqlalchemy import Table, bindparam, case, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from scintnode.db import Event, Instance, Series, utcnow
+from scintnode.db import INSERT_EVENTS, Instance, Series, event_row, utcnow
 from scintnode.spool import Spool, StoredFile
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,11 @@ class ReleaseWrite:
 
 _INSTANCES = cast(Table, Instance.__table__)
 _SERIES = cast(Table, Series.__table__)
-_EVENTS = cast(Table, Event.__table__)
 # built once: SQLAlchemy then reuses their compiled form instead of building and keying a statement per call
 _KNOWN_SHA256 = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.sha256).where(
     _INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
 )
 _INSERT_INSTANCES = insert(_INSTANCES)
-_INSERT_EVENTS = insert(_EVENTS)
 _REPLACE_INSTANCE = (
     update(_INSTANCES)
     .where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
@@ -91,7 +90,6 @@ _RELEASE_SERIES = (
     .where(_SERIES.c.series_uid.in_(bindparam("series_uids", expanding=True)), _SERIES.c.completed_at.is_(None))
     .values(released_at=bindparam("now"))
 )
-_SERIES_UPSERTS: dict[tuple[str, bool], Any] = {}
 
 
 def write_index_batch(connection: Connection, spool: Spool, items: list[StoreWrite | ReleaseWrite]) -> None:
@@ -136,8 +134,16 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
             new_rows.append(_instance_row(header, stored, entry, now))
         else:
             log.warning("instance %s re-sent with different content; keeping both files, indexing the new one", uid)
-            detail = {"sop_instance_uid": uid, "old_sha256": previous, "new_sha256": stored.sha256}
-            events.append({"study_uid": header.study_uid, "at": now, "kind": "replaced", "detail": detail})
+            events.append(
+                event_row(
+                    header.study_uid,
+                    "replaced",
+                    now,
+                    sop_instance_uid=uid,
+                    old_sha256=previous,
+                    new_sha256=stored.sha256,
+                )
+            )
             replaced.append({"uid": uid, "path": stored.path, "sha256": stored.sha256, "size": stored.size, "now": now})
         known[uid] = stored.sha256
         row = series.setdefault(
@@ -148,9 +154,16 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
         row["instance_count"] += 1
         # late data reopens a completed series, except an NM object, which is complete by itself
         row["reopen"] = row["reopen"] or not is_nm_object(header.sop_class_uid, header.modality)
-        detail = {"sop_instance_uid": uid, "series_uid": header.series_uid, "calling_ae": calling_ae}
         events.append(
-            {"study_uid": header.study_uid, "at": now, "kind": "received", "detail": detail | {"address": address}}
+            event_row(
+                header.study_uid,
+                "received",
+                now,
+                sop_instance_uid=uid,
+                series_uid=header.series_uid,
+                calling_ae=calling_ae,
+                address=address,
+            )
         )
     if new_rows:
         connection.execute(_INSERT_INSTANCES, new_rows)
@@ -161,7 +174,7 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
         if rows:
             connection.execute(_series_upsert(connection.dialect.name, reopen), rows)
     if events:
-        connection.execute(_INSERT_EVENTS, events)
+        connection.execute(INSERT_EVENTS, events)
 
 
 def _instance_row(header: Header, stored: StoredFile, entry: AssociationLog | None, now: Any) -> dict[str, Any]:
@@ -184,15 +197,10 @@ def _instance_row(header: Header, stored: StoredFile, entry: AssociationLog | No
     }
 
 
+@functools.cache
 def _series_upsert(dialect_name: str, reopen: bool) -> Any:
-    """INSERT ... ON CONFLICT: a new series, or more instances in a known one (new data restarts its quiet)."""
-    key = (dialect_name, reopen)
-    if key not in _SERIES_UPSERTS:
-        _SERIES_UPSERTS[key] = _build_series_upsert(dialect_name, reopen)
-    return _SERIES_UPSERTS[key]
-
-
-def _build_series_upsert(dialect_name: str, reopen: bool) -> Any:
+    """INSERT ... ON CONFLICT: a new series, or more instances in a known one (new data restarts its quiet);
+    built once per dialect and kind."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     statement = dialect.insert(_SERIES)
     changes: dict[str, Any] = {
