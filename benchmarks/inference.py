@@ -16,13 +16,13 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydicom import Dataset, dcmread
 
+from benchmarks.stats import quantile
 from scintnode.demo_cases import CASES, DemoStudy
 from scintnode.infer import run_network
 from scintnode.models.registry import Network, default_registry
@@ -67,11 +67,6 @@ def _jobs(study: DemoStudy) -> Job:
     return Job(sources, slots if names is not None else None)
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def measure(network: Network, name: str, jobs: list[Job], repeats: int) -> Row:
     outputs = _OUTPUTS.get(name, ("sr", "sc"))
     run_network(network, jobs[0].sources, outputs, slots=jobs[0].slots)  # warm-up: first-call allocations
@@ -87,7 +82,7 @@ def measure(network: Network, name: str, jobs: list[Job], repeats: int) -> Row:
         name,
         len(totals),
         statistics.median(totals),
-        _quantile(totals, 0.95),
+        quantile(totals, 0.95),
         statistics.median(inside),
         len(totals) / elapsed,
     )

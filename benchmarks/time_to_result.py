@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select
 
+from benchmarks.stats import quantile
 from scintnode.db import Database, Job
 from scintnode.demo import wait_for_results
 from scintnode.demo_cases import CASES, DemoStudy
@@ -32,11 +33,6 @@ def _memory_mb(pid: int, field: str) -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 outside = statistics.median(1 - i / t for i, t in timed) if timed else float("nan")
                 print(
                     f"| {network} | {len(seconds)} | {statistics.median(seconds):.2f} | "
-                    f"{_quantile(seconds, 0.95):.2f} | {total:.0f} | {inside:.0f} | {outside:.0%} |",
+                    f"{quantile(seconds, 0.95):.2f} | {total:.0f} | {inside:.0f} | {outside:.0%} |",
                     flush=True,
                 )
             print(f"node peak RSS under this load: {_memory_mb(process.pid, 'VmHWM'):.0f} MB")

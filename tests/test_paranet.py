@@ -236,8 +236,9 @@ def test_committed_weights_find_planted_glands_on_synthetic_studies(studies: tup
 
 
 def _within(gland: dict[str, object], phase: str, column: float, row: float, spacing: float) -> bool:
+    """The training's own rule (`glands.score_patient`): within the gland's radius + the hit margin."""
     gc, gr = gland[phase]  # type: ignore[misc]
-    return bool(np.hypot(column - gc, row - gr) * spacing <= float(gland["diameter_mm"]) / 2 + glands.HIT_MARGIN_MM)  # type: ignore[arg-type]
+    return glands.score_patient([(column, row)], [(gc, gr, float(gland["diameter_mm"]))], spacing).found == 1  # type: ignore[arg-type]
 
 
 def test_sr_holds_one_point_per_candidate_on_early_and_late_with_its_site(
