@@ -58,7 +58,8 @@ def test_an_edit_in_the_rules_folder_is_picked_up_and_recorded(node: Node) -> No
     before = node.rule_set.version
     thyroid = node.settings.rules_dir / "thyroid.yaml"
     thyroid.write_text(thyroid.read_text().replace("description: 99mTc", "description: edited 99mTc"))
-    wait_for(lambda: node.rule_set.version != before, timeout=20)
+    # the keeper swaps the active set, then records the reload: wait for the record, not only the swap
+    wait_for(lambda: node.rule_set.version != before and bool(kinds(node, "rules-reloaded")), timeout=20)
     reloaded = kinds(node, "rules-reloaded")[-1].detail
     assert (reloaded["old"], reloaded["new"]) == (before, node.rule_set.version)
     with node.db.session() as session:
