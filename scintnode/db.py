@@ -216,7 +216,7 @@ class Database:
         self.url = url
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
-            # handler threads of pynetdicom share the engine; SQLite serialises writers itself
+            # the receiver's connection threads share the engine; SQLite serialises writers itself
             connect_args = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):

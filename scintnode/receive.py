@@ -1,4 +1,4 @@
-"""Receive: the pynetdicom Storage SCP. Each instance goes to the spool and the index before success is answered.
+"""Receive: the Storage SCP. Each instance goes to the spool and the index before success is answered.
 
 It never decodes pixel data and never runs a network; bad input gets a DICOM failure status and a log
 line, and the handler never raises (a raising handler would answer 0xC211 with no explanation)."""
@@ -6,7 +6,6 @@ line, and the handler never raises (a raising handler would answer 0xC211 with n
 from __future__ import annotations
 
 import logging
-import socket
 import struct
 import threading
 import uuid
@@ -18,27 +17,19 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import (
-    AE,
     ALL_TRANSFER_SYNTAXES,
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
     AllStoragePresentationContexts,
-    evt,
+    build_context,
 )
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
-from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from scintnode.config import NodeSettings
 from scintnode.db import Database, GroupCommit
+from scintnode.dimse_command import Command
 from scintnode.metrics import Metrics
 from scintnode.receive_index import (
     AssociationLog,
@@ -49,15 +40,9 @@ from scintnode.receive_index import (
 )
 from scintnode.security import CallerPolicy, server_tls_context
 from scintnode.spool import Spool, SpoolFull
+from scintnode.upper_layer import AcceptorServer, AcceptorSettings, Association
 
 log = logging.getLogger(__name__)
-_PYNETDICOM_LOG = logging.getLogger("pynetdicom")
-_STANDARD_LOG_HANDLERS = (
-    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-)
 
 # C-STORE failure statuses (PS3.4 Annex B.2.3) and what we use them for
 OUT_OF_RESOURCES = 0xA700  # spool full or the index cannot be written: the sender may retry later
@@ -169,7 +154,7 @@ def check_encoding(data: bytes, syntax: UID) -> None:
     pydicom would switch silently and read it, but the stored file would then lie about its encoding."""
     if not syntax.is_transfer_syntax or syntax.is_deflated:
         return
-    # a Part-10 stream from pynetdicom: preamble, "DICM", then (0002,0000) UL with the File Meta's length
+    # a Part-10 stream from `part10`: preamble, "DICM", then (0002,0000) UL with the File Meta's length
     if data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
         return
     start = 144 + struct.unpack("<I", data[140:144])[0]
@@ -255,45 +240,12 @@ def _tag(header: bytes, little_endian: bool) -> tuple[int, int]:
     return int(group), int(element)
 
 
-class _CheapCopyContexts(list[PresentationContext]):
-    """The supported contexts, which pynetdicom deep-copies for every association: with every storage class
-    and transfer syntax that is ~35 ms of CPU each time. A context holds only strings, numbers and lists of
-    strings, so copying each context's fields is the same copy at a fraction of the cost."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        copies = []
-        for context in self:
-            clone = PresentationContext.__new__(PresentationContext)
-            clone.__dict__.update({k: list(v) if isinstance(v, list) else v for k, v in vars(context).items()})
-            copies.append(clone)
-        return copies
-
-
-class _BoundedServer(ThreadedAssociationServer):  # type: ignore[misc]
-    """The TCP side: closes a connection at once when its address could never be allowed or when too many
-    are open (a flood of idle sockets must not cost a thread each without limit; idle ones time out)."""
-
-    policy: CallerPolicy = CallerPolicy(None)
-    max_connections: int = 64
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        address = str(client_address[0])
-        if not self.policy.permits_address(address):
-            log.warning("connection from %s closed: no allowed caller at this address", address)
-            return False
-        if self.open_connections >= self.max_connections:
-            log.warning("connection from %s closed: %d connections open already", address, self.max_connections)
-            return False
-        return True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a failed TLS handshake or a peer gone mid-PDU: one line, not a traceback on stderr
-        log.warning("connection from %s ended with an error", client_address[0] if client_address else "?")
-
-    @property
-    def open_connections(self) -> int:
-        """Connections being served: each runs an association thread until it ends or times out."""
-        return sum(1 for assoc in self.ae.active_associations if assoc.is_acceptor)
+def storage_contexts() -> list[PresentationContext]:
+    """Verification and every storage class, in every transfer syntax: the receive path never decodes pixel
+    data (the networks do, later), so compressed syntaxes are as welcome as uncompressed ones."""
+    contexts = [build_context(Verification)]
+    contexts += [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+    return contexts
 
 
 class Receiver:
@@ -319,7 +271,7 @@ class Receiver:
         self.index_writer: GroupCommit[StoreWrite | ReleaseWrite] = GroupCommit(
             db.engine, lambda connection, items: write_index_batch(connection, spool, items)
         )
-        self._server: _BoundedServer | None = None
+        self._server: AcceptorServer | None = None
 
     @property
     def listening(self) -> bool:
@@ -329,58 +281,36 @@ class Receiver:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("receiver not started")
-        return int(self._server.server_address[1])
-
-    def build_ae(self) -> AE:
-        ae = AE(ae_title=self.settings.ae_title)
-        ae.maximum_pdu_size = self.settings.max_pdu
-        ae.network_timeout = self.settings.network_timeout_seconds
-        ae.acse_timeout = self.settings.network_timeout_seconds
-        ae.dimse_timeout = self.settings.network_timeout_seconds
-        ae.maximum_associations = self.settings.max_associations
-        if not self.policy.open:
-            ae.require_calling_aet = self.policy.ae_titles  # unknown titles; the address is checked on request
-        ae.add_supported_context(Verification)
-        # compressed syntaxes too: the receive path never decodes pixel data, the networks do later
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        return ae
+        return self._server.port
 
     @property
     def open_connections(self) -> int:
         return self._server.open_connections if self._server is not None else 0
 
     def start(self) -> None:
-        ae = self.build_ae()
-        handlers = [
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_RELEASED, self._on_released),
-            (evt.EVT_ABORTED, self._on_aborted),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_ACSE_RECV, self._on_acse),
-            (evt.EVT_CONN_OPEN, self._on_connection),
-        ]
-        tls = self.settings.tls
-        server = ae.make_server(
-            (self.settings.bind_address, self.settings.port),
-            ssl_context=server_tls_context(tls) if tls is not None else None,
-            evt_handlers=handlers,
-            server_class=_BoundedServer,
+        settings = self.settings
+        acceptor = AcceptorSettings(
+            max_pdu=settings.max_pdu,
+            network_timeout=settings.network_timeout_seconds,
+            max_associations=settings.max_associations,
+            supported_contexts=storage_contexts(),
         )
-        server.policy = self.policy
-        server.max_connections = self.settings.max_connections
-        server.contexts = _CheapCopyContexts(server.contexts)
-        ae._servers.append(server)  # as start_server does: its shutdown() removes itself from this list
+        tls = settings.tls
+        server = AcceptorServer(
+            (settings.bind_address, settings.port),
+            acceptor,
+            self,
+            max_connections=settings.max_connections,
+            tls=server_tls_context(tls) if tls is not None else None,
+        )
         threading.Thread(target=server.serve_forever, name="scintnode-scp-accept", daemon=True).start()
         self._server = server
         if self.policy.open:
             log.warning("no calling-AE allow-list configured: any modality may store to this node")
         log.info(
             "listening as %s on %s:%d%s",
-            self.settings.ae_title,
-            self.settings.bind_address,
+            settings.ae_title,
+            settings.bind_address,
             self.port,
             " (DICOM TLS, client certificate required)"
             if tls is not None and tls.require_client_cert
@@ -393,52 +323,37 @@ class Receiver:
         """Stop accepting associations; lets those in progress finish their current instance."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
         self.index_writer.close()
 
-    # -- association bookkeeping -------------------------------------------------------------------
-    def _on_connection(self, event: evt.Event) -> None:
-        if not _PYNETDICOM_LOG.isEnabledFor(logging.INFO):
-            # pynetdicom's standard handlers format a description of every PDU and DIMSE message, even
-            # when its log would drop them; unbound, nothing is built per PDU
-            for kind, handler in _STANDARD_LOG_HANDLERS:
-                event.assoc.unbind(kind, handler)
-        sock = event.assoc.dul.socket
-        if sock is not None and sock.socket is not None:
-            try:  # pynetdicom answers in several small PDUs; Nagle would hold each for ~40 ms
-                sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                log.debug("TCP_NODELAY not available on this socket")
+    # -- association bookkeeping (the Upper Layer's StorageService) -----------------------------------
+    def admits_address(self, address: str) -> bool:
+        return self.policy.permits_address(address)
 
-    def _on_requested(self, event: evt.Event) -> None:
-        """The allow-list with addresses, at the association request: A-ASSOCIATE-RJ, calling AE not recognised."""
-        assoc = event.assoc
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-        address = str(assoc.requestor.address)
-        if self.policy.permits(calling, address):
-            return
-        log.warning("association from %r at %s rejected: not on allowed_callers for this address", calling, address)
-        assoc.acse.send_reject(0x01, 0x01, 0x03)
-        assoc.kill()
+    def admits(self, calling_ae: str, address: str) -> bool:
+        if self.policy.permits(calling_ae, address):
+            return True
+        log.warning("association from %r at %s rejected: not on allowed_callers for this address", calling_ae, address)
+        return False
 
-    def _on_established(self, event: evt.Event) -> None:
-        requestor = event.assoc.requestor
-        entry = AssociationLog(uuid.uuid4().hex, str(requestor.ae_title), str(requestor.address))
+    def established(self, association: Association) -> None:
+        entry = AssociationLog(uuid.uuid4().hex, association.calling_ae, association.address)
         with self._lock:
-            self._associations[id(event.assoc)] = entry
+            self._associations[id(association)] = entry
         log.info("association %s from %s at %s", entry.association_id[:8], entry.calling_ae, entry.address)
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        requestor = event.assoc.requestor
-        log.warning(
-            "association from %r at %s rejected (calling AE not allowed or no acceptable context)",
-            requestor.ae_title,
-            requestor.address,
-        )
-
-    def _finish(self, event: evt.Event, released: bool) -> None:
+    def release_requested(self, association: Association) -> None:
+        # recorded before the A-RELEASE-RP goes out: a sender that saw its release confirmed finds the
+        # release in the index
         with self._lock:
-            entry = self._associations.pop(id(event.assoc), None)
+            entry = self._associations.get(id(association))
+        if entry is not None:
+            self._record_release(entry)
+
+    def ended(self, association: Association, released: bool) -> None:
+        with self._lock:
+            entry = self._associations.pop(id(association), None)
         if entry is None:
             return
         log.info(
@@ -452,16 +367,6 @@ class Receiver:
             self._record_release(entry)
         self.on_change()
 
-    def _on_acse(self, event: evt.Event) -> None:
-        # pynetdicom answers A-RELEASE before EVT_RELEASED fires; recording here, on the request, means a
-        # sender that saw its release confirmed finds the release in the index
-        primitive = event.primitive
-        if isinstance(primitive, A_RELEASE) and primitive.result is None:
-            with self._lock:
-                entry = self._associations.get(id(event.assoc))
-            if entry is not None:
-                self._record_release(entry)
-
     def _record_release(self, entry: AssociationLog) -> None:
         if entry.release_recorded or not entry.series:
             return
@@ -471,21 +376,17 @@ class Receiver:
         except (SQLAlchemyError, OSError):
             log.exception("could not record the release of association %s", entry.association_id[:8])
 
-    def _on_released(self, event: evt.Event) -> None:
-        self._finish(event, released=True)
-
-    def _on_aborted(self, event: evt.Event) -> None:
-        self._finish(event, released=False)
-
     # -- C-STORE -------------------------------------------------------------------------------------
-    def _on_store(self, event: evt.Event) -> int:
+    def store(
+        self, association: Association, command: Command, transfer_syntax: str, data_set: bytes
+    ) -> tuple[int, str]:
         with self._lock:
-            entry = self._associations.get(id(event.assoc))
+            entry = self._associations.get(id(association))
         try:
-            status = self._store(event, entry)
-        except Exception:  # the handler must answer, whatever happened
+            status, reason = self._store(command, transfer_syntax, data_set, entry)
+        except Exception:  # the Upper Layer must answer, whatever happened
             log.exception("unexpected error storing an instance; answered 0xA701")
-            status = 0xA701
+            status, reason = 0xA701, "internal error in the node; see its log"
         if entry is not None:
             if status == 0x0000:
                 entry.stored += 1
@@ -496,16 +397,14 @@ class Receiver:
                 self.metrics.received.labels(entry.calling_ae if entry else "").inc()
             else:
                 self.metrics.rejected.labels(f"0x{status:04X}").inc()
-        return status
+        return status, reason
 
-    def _store(self, event: evt.Event, entry: AssociationLog | None) -> int:
-        request = event.request
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_instance = str(request.AffectedSOPInstanceUID)
+    def _store(
+        self, command: Command, transfer_syntax: str, data_set: bytes, entry: AssociationLog | None
+    ) -> tuple[int, str]:
+        sop_class, sop_instance = command.sop_class_uid, command.sop_instance_uid
         try:
-            data = part10(
-                event.encoded_dataset(include_meta=False), sop_class, sop_instance, str(event.context.transfer_syntax)
-            )
+            data = part10(data_set, sop_class, sop_instance, transfer_syntax)
             header = read_header(data, sop_class, sop_instance)
         except Rejected as exc:
             log.warning(
@@ -515,25 +414,25 @@ class Receiver:
                 exc.reason,
                 exc.status,
             )
-            return exc.status
+            return exc.status, exc.reason
         try:
             stored = self.spool.store_input(
                 data, header.study_uid, header.series_uid, header.sop_instance_uid, sync_dir=False
             )
         except SpoolFull as exc:
             log.error("refused instance %s: %s (status 0xA700)", sop_instance, exc)
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, "the node's spool is full"
         except OSError as exc:
             log.error("could not write instance %s to the spool: %s (status 0xA700)", sop_instance, exc)
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, "the node could not write the instance"
         store = StoreWrite(header, stored, entry)
         try:
             self.index_writer.submit(store)  # returns once the row (and the file's rename) is durable
         except (SQLAlchemyError, OSError) as exc:
             log.error("could not index instance %s: %s (status 0xA700)", sop_instance, exc)
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, "the node could not index the instance"
         if not store.duplicate:
             if entry is not None:
                 entry.series.add(header.series_uid)
             self.on_change()
-        return 0x0000
+        return 0x0000, ""

@@ -71,8 +71,8 @@ class CallerPolicy:
 
 
 class _DeferredHandshakeContext(ssl.SSLContext):
-    """pynetdicom wraps accepted sockets in its accept loop; a handshake there would let one silent client
-    block every other. This context defers the handshake to the association's own thread, under a timeout."""
+    """A server-side wrap does not shake hands at once: the receiver's connection thread does it under this
+    timeout (a handshake in the accept loop would let one silent client block every other)."""
 
     handshake_timeout: float = 10.0
 

@@ -1,5 +1,5 @@
 """The receive path's fast mechanisms: the group commit, the Core index writes, the File Meta encoder and
-the cheap copy of the supported contexts. Each test fails if its mechanism breaks the receive guarantee."""
+the supported contexts every association shares. Each test fails if its mechanism breaks the receive guarantee."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.presentation import negotiate_as_acceptor
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
@@ -21,7 +22,7 @@ from scintnode import receive
 from scintnode.config import NodeSettings, Settings
 from scintnode.db import Database, Event, GroupCommit, Instance, Series
 from scintnode.pipeline import Pipeline
-from scintnode.receive import OUT_OF_RESOURCES, Receiver, _CheapCopyContexts, part10
+from scintnode.receive import OUT_OF_RESOURCES, Receiver, part10, storage_contexts
 from scintnode.route import RuleSet
 from scintnode.spool import Spool
 from tests.conftest import NMFactory
@@ -213,16 +214,19 @@ def test_part10_writes_the_same_file_meta_as_pynetdicom(syntax: str, instance: s
     assert part10(b"DATA", nm_class, instance, syntax) == expected
 
 
-def test_the_cheap_context_copy_equals_a_deep_copy_and_shares_no_list() -> None:
-    ae = AE()
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    contexts = _CheapCopyContexts(ae.supported_contexts)
-    copied, reference = copy.deepcopy(contexts), copy.deepcopy(list(contexts))
-    assert [vars(c) for c in copied] == [vars(c) for c in reference]
-    assert all(a is not b and a.transfer_syntax is not b.transfer_syntax for a, b in zip(copied, contexts, strict=True))
-    copied[0].transfer_syntax.append(UID("1.2.3"))
-    assert "1.2.3" not in contexts[0].transfer_syntax
+def test_the_supported_contexts_are_shared_and_negotiation_leaves_them_as_they_were() -> None:
+    supported = storage_contexts()
+    before = copy.deepcopy([vars(c) for c in supported])
+    assert {str(c.abstract_syntax) for c in supported} == {
+        str(c.abstract_syntax) for c in AllStoragePresentationContexts
+    } | {"1.2.840.10008.1.1"}
+    requested = build_context(AllStoragePresentationContexts[0].abstract_syntax, [ExplicitVRLittleEndian])
+    requested.context_id = 1
+    results, _ = negotiate_as_acceptor([requested], supported)
+    assert [(r.result, r.transfer_syntax) for r in results] == [(0x00, [ExplicitVRLittleEndian])]
+    results[0].transfer_syntax.append(UID("1.2.3"))
+    assert [vars(c) for c in supported] == before
+    assert all(c.transfer_syntax == ALL_TRANSFER_SYNTAXES for c in supported[1:])
 
 
 def test_one_routing_pass_routes_every_nm_object_received_and_audits_each_in_order(
