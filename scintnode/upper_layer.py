@@ -47,6 +47,7 @@ ABORT_UNRECOGNISED_PDU, ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0x01, 0x
 
 ASSOCIATE_RQ_LIMIT = 1 << 20  # an A-ASSOCIATE-RQ with every storage class proposed is ~30 KiB
 UNLIMITED_PDU_CAP = 64 << 20  # the most a P-DATA-TF may hold when the node advertises no maximum
+TOLERATED_PDU = 1 << 20  # some senders overrun the maximum the node advertises: served, up to this size
 RELEASE_LINGER_SECONDS = 2.0  # after A-RELEASE-RP, how long to wait for the requestor to close
 _MCH_COMMAND, _MCH_LAST = 0x01, 0x02
 
@@ -249,7 +250,7 @@ class _Connection:
 
     def _transfer(self) -> bool:
         """P-DATA until the requestor releases (True) or aborts (False)."""
-        limit = self.settings.max_pdu + 6 if self.settings.max_pdu else UNLIMITED_PDU_CAP
+        limit = max(self.settings.max_pdu, TOLERATED_PDU) if self.settings.max_pdu else UNLIMITED_PDU_CAP
         while True:
             pdu_type, body, _ = self._read_pdu(limit)
             if pdu_type == P_DATA_TF_TYPE:

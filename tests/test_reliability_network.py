@@ -20,7 +20,7 @@ from scintnode.db import Database, Instance
 from scintnode.receive import Receiver
 from scintnode.spool import Spool
 from tests import raw_dicom
-from tests.test_reliability_input import encode, send_raw, synthetic_nm
+from tests.test_reliability_input import encode, send_raw, split_meta, synthetic_nm
 
 SUCCESS = 0x0000
 TIMEOUT = 2.0  # the node's network timeout in these tests
@@ -63,18 +63,13 @@ def test_a_sender_killed_mid_transfer_leaves_nothing_and_others_are_served(recei
     # races a receiver that takes a whole 96 MiB in a fraction of a second
     ds = synthetic_nm()
     sock = _start_store(receiver, ds)
-    data = _data_set_bytes(ds)
+    data = split_meta(encode(ds))[1]
     sock.sendall(raw_dicom.pdv(1, raw_dicom.DATA_SET_MORE, data[: len(data) // 2]))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, as a killed process
     sock.close()
     wait_for(lambda: not receiver._associations, 10, "the aborted association to be cleaned up")
     assert stored(receiver) == 0 and not list((receiver.spool.root / "tmp").iterdir())
     assert send_raw(receiver.port, encode(synthetic_nm()), tmp_path) == SUCCESS
-
-
-def _data_set_bytes(ds: Dataset) -> bytes:
-    part10 = encode(ds)[132:]  # after preamble and "DICM": File Meta, then the data set
-    return part10[12 + int.from_bytes(part10[8:12], "little") :]
 
 
 def _start_store(receiver: Receiver, ds: Dataset) -> socket.socket:
@@ -91,7 +86,7 @@ def test_a_sender_that_stalls_mid_pdu_is_cut_off_by_the_timeout_while_others_are
 ) -> None:
     ds = synthetic_nm()
     with _start_store(receiver, ds) as sock:
-        half = raw_dicom.pdv(1, raw_dicom.DATA_SET_MORE, _data_set_bytes(ds))
+        half = raw_dicom.pdv(1, raw_dicom.DATA_SET_MORE, split_meta(encode(ds))[1])
         sock.sendall(half[: len(half) // 2])  # then nothing: the PDU stays half sent
         assert send_raw(receiver.port, encode(synthetic_nm()), tmp_path) == SUCCESS  # served meanwhile
         took = wait_for(lambda: len(receiver._associations) == 0, TIMEOUT * 4 + 5, "the stalled sender cut off")

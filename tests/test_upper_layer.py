@@ -24,8 +24,10 @@ from scintnode.config import NodeSettings
 from scintnode.db import Database, Instance
 from scintnode.receive import DATASET_MISMATCH, Receiver
 from scintnode.spool import Spool
+from scintnode.upper_layer import TOLERATED_PDU
 from tests import raw_dicom
 from tests.conftest import NMFactory
+from tests.test_reliability_input import encode, split_meta, synthetic_nm
 
 ReceiverFactory = Callable[..., Receiver]
 
@@ -233,3 +235,20 @@ def test_a_requestor_that_aborts_leaves_the_node_working(make_receiver: Receiver
     assoc.abort()
     _still_works(receiver)
     assert len(_indexed(receiver)) == 1  # what was acknowledged before the abort is kept
+
+
+def test_a_pdu_over_the_advertised_maximum_is_served_up_to_a_bound(make_receiver: ReceiverFactory) -> None:
+    receiver = make_receiver(max_pdu=1024)
+    ds = synthetic_nm()
+    data_set = split_meta(encode(ds))[1]
+    assert 1024 < len(data_set) < TOLERATED_PDU  # one PDV, larger than the node asked for
+    with raw_dicom.associate(receiver.port, str(ds.SOPClassUID), ExplicitVRLittleEndian) as sock:
+        command = raw_dicom.command(0x0001, str(ds.SOPClassUID), str(ds.SOPInstanceUID), has_data_set=True)
+        sock.sendall(raw_dicom.pdv(1, raw_dicom.COMMAND_LAST, command))
+        sock.sendall(raw_dicom.pdv(1, raw_dicom.DATA_SET_LAST, data_set))
+        pdu_type, body = raw_dicom.read_pdu(sock)
+        assert pdu_type == raw_dicom.P_DATA_TF
+        assert int.from_bytes(raw_dicom.elements(body[6:])[0x0900], "little") == 0x0000
+        sock.sendall(struct.pack(">BBI", raw_dicom.P_DATA_TF, 0, TOLERATED_PDU + 1))  # beyond the bound
+        assert raw_dicom.read_pdu(sock)[0] == raw_dicom.A_ABORT
+    assert _indexed(receiver) == [str(ds.SOPInstanceUID)]
