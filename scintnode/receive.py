@@ -97,6 +97,8 @@ def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: s
             "patient_id": str(ds.get("PatientID", "") or "")[:64],
             "modality": str(ds.get("Modality", "") or "").strip().upper()[:16],
         }
+        for keyword in _IMAGE_SIZE_KEYWORDS:
+            ds.get(keyword)  # pydicom converts values on first access: a damaged one must fail here, as undecodable
     except Rejected:
         raise
     except RecursionError as exc:
@@ -125,6 +127,9 @@ def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: s
         raise Rejected(DATASET_MISMATCH, "SOP Instance UID does not match the C-STORE request")
     check_pixel_data(ds, data, pixel_offset, transfer_syntax)
     return Header(transfer_syntax=transfer_syntax, **values)
+
+
+_IMAGE_SIZE_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames")
 
 
 def _before_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:

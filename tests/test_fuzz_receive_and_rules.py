@@ -9,6 +9,7 @@ import datetime as dt
 from io import BytesIO
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
@@ -62,6 +63,18 @@ def _check(data: bytes) -> None:
         assert exc.status in FAILURES and exc.reason
         return
     assert isinstance(header, Header) and header.sop_instance_uid == SOP_INSTANCE
+
+
+@pytest.mark.parametrize("keyword_tag", [b"\x28\x00\x02\x00", b"\x28\x00\x10\x00", b"\x28\x00\x00\x01"])
+def test_a_damaged_vr_in_an_image_size_attribute_is_refused_as_undecodable(keyword_tag: bytes) -> None:
+    # found by the byte-flip search below: pydicom converts a value on first access, so a damaged VR in
+    # Samples per Pixel, Rows or Bits Allocated once escaped the header read as NotImplementedError
+    data = bytearray(SEED)
+    at = data.index(keyword_tag, 132 + 12)  # past the File Meta's first elements
+    data[at + 5] = 0  # "US" becomes "U\x00"
+    with pytest.raises(Rejected) as refused:
+        read_header(bytes(data), SOP_CLASS, SOP_INSTANCE)
+    assert refused.value.status == CANNOT_UNDERSTAND
 
 
 @BOUNDED
