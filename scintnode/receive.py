@@ -9,7 +9,7 @@ import logging
 import struct
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from typing import Any
 
@@ -79,7 +79,7 @@ def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: s
         if meta is not None and meta[0].is_transfer_syntax and not meta[0].is_deflated:
             # the data set straight after the File Meta: re-reading the meta through dcmread costs a third of
             # the header parse, and `part10` wrote it moments ago
-            check_encoding(data, meta[0])
+            check_encoding(data, meta[1], meta[0])
             stream.seek(meta[1])
             ds: Dataset = read_dataset(
                 stream, meta[0].is_implicit_VR, meta[0].is_little_endian, stop_when=_before_pixel_data
@@ -175,9 +175,11 @@ _META_IMPLEMENTATION = _meta_element(b"\x02\x00\x12\x00", b"UI", _ui(PYNETDICOM_
 )
 
 
-def part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """The Part-10 file of a received data set: what Event.encoded_dataset() writes, without building the File
-    Meta through pydicom (which costs more than the rest of the handler's encoding work)."""
+def part10(
+    dataset: Sequence[bytes | memoryview], sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+) -> bytes:
+    """The Part-10 file of a received data set, given as the fragments it arrived in (one copy, not two):
+    what pynetdicom's Event.encoded_dataset() writes, without building the File Meta through pydicom."""
     elements = b"".join(
         (
             _META_VERSION,
@@ -188,19 +190,13 @@ def part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_s
         )
     )
     group_length = _meta_element(b"\x02\x00\x00\x00", b"UL", struct.pack("<I", len(elements)))
-    return b"".join((b"\x00" * 128, b"DICM", group_length, elements, dataset))
+    return b"".join((b"\x00" * 128, b"DICM", group_length, elements, *dataset))
 
 
-def check_encoding(data: bytes, syntax: UID) -> None:
-    """Refuse data whose first element is implicit VR under an explicit VR syntax, or the other way round.
-
-    pydicom would switch silently and read it, but the stored file would then lie about its encoding."""
-    if not syntax.is_transfer_syntax or syntax.is_deflated:
-        return
-    # a Part-10 stream from `part10`: preamble, "DICM", then (0002,0000) UL with the File Meta's length
-    if data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
-        return
-    start = 144 + struct.unpack("<I", data[140:144])[0]
+def check_encoding(data: bytes, start: int, syntax: UID) -> None:
+    """Refuse a data set (at `start`) whose first element is implicit VR under an explicit VR syntax, or the
+    other way round. pydicom would switch silently and read it, but the stored file would then lie about
+    its encoding."""
     vr = data[start + 4 : start + 6]
     if len(vr) < 2:
         return
@@ -421,7 +417,7 @@ class Receiver:
 
     # -- C-STORE -------------------------------------------------------------------------------------
     def store(
-        self, association: Association, command: Command, transfer_syntax: str, data_set: bytes
+        self, association: Association, command: Command, transfer_syntax: str, data_set: Sequence[bytes | memoryview]
     ) -> tuple[int, str]:
         with self._lock:
             entry = self._associations.get(id(association))
@@ -443,7 +439,11 @@ class Receiver:
         return status, reason
 
     def _store(
-        self, command: Command, transfer_syntax: str, data_set: bytes, entry: AssociationLog | None
+        self,
+        command: Command,
+        transfer_syntax: str,
+        data_set: Sequence[bytes | memoryview],
+        entry: AssociationLog | None,
     ) -> tuple[int, str]:
         sop_class, sop_instance = command.sop_class_uid, command.sop_instance_uid
         try:

@@ -90,9 +90,10 @@ class StorageService(Protocol):
     def established(self, association: Association) -> None: ...
 
     def store(
-        self, association: Association, command: Command, transfer_syntax: str, data_set: bytes
+        self, association: Association, command: Command, transfer_syntax: str, data_set: Sequence[bytes | memoryview]
     ) -> tuple[int, str]:
-        """Keep one instance; the status to answer and, for a failure, why (the Error Comment)."""
+        """Keep one instance, given as the fragments its data set arrived in; the status to answer and, for a
+        failure, why (the Error Comment)."""
         ...
 
     def release_requested(self, association: Association) -> None: ...
@@ -295,8 +296,7 @@ class _Connection:
                 self._data_set.append(fragment)
                 if control & _MCH_LAST:
                     pending_context, command = self._pending
-                    data_set = b"".join(self._data_set)
-                    self._data_set.clear()
+                    data_set, self._data_set = self._data_set, []
                     self._pending = None
                     self._dispatch(pending_context, command, data_set)
 
@@ -314,7 +314,7 @@ class _Connection:
         else:
             self._dispatch(context_id, command, None)
 
-    def _dispatch(self, context_id: int, command: Command, data_set: bytes | None) -> None:
+    def _dispatch(self, context_id: int, command: Command, data_set: Sequence[bytes | memoryview] | None) -> None:
         assert self.association is not None
         context = self.association.contexts.get(context_id)
         if context is None:

@@ -211,7 +211,7 @@ def test_part10_writes_the_same_file_meta_as_pynetdicom(syntax: str, instance: s
     nm_class = "1.2.840.10008.5.1.4.1.1.20"
     meta = create_file_meta(sop_class_uid=UID(nm_class), sop_instance_uid=UID(instance), transfer_syntax=UID(syntax))
     expected = b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + b"DATA"
-    assert part10(b"DATA", nm_class, instance, syntax) == expected
+    assert part10([b"DA", memoryview(b"TA")], nm_class, instance, syntax) == expected  # as it arrived: fragments
 
 
 def test_the_supported_contexts_are_shared_and_negotiation_leaves_them_as_they_were() -> None:
