@@ -1,7 +1,8 @@
 """The spool: where received instances and written results live on disk, one file per SOP instance.
 
 Paths are built from hashes of the UIDs, never from UID text, so no sender can steer a path. Every file
-is written to a temporary name, fsynced, renamed and its directory fsynced before anyone is told it exists.
+is written to a temporary name, given its final name, fsynced and its directory fsynced before anyone is
+told it exists; a file already under that name is only ever replaced by a copy already fsynced.
 The receiver defers the directory fsync (`sync_dir=False`) to its group commit, which syncs each folder of
 a batch once before the batch's index rows commit."""
 
@@ -94,13 +95,6 @@ class Spool:
             raise SpoolFull(f"spool {self.root} would drop below its reserve of {self.min_free_bytes} bytes")
         final = self.absolute(relative)
         self._ensure_folder(final.parent)
-        try:
-            if os.stat(final).st_size == len(data):
-                if sync_dir:
-                    _fsync_dir(final.parent)  # a crash may have come between its rename and the folder's fsync
-                return  # same content hash in the name: already stored
-        except FileNotFoundError:
-            pass
         with self._folders_lock:
             self._sequence += 1
             tmp = self.root / "tmp" / f"{final.name}.{os.getpid()}.{self._sequence}.part"
@@ -110,11 +104,18 @@ class Spool:
                 view = memoryview(data)
                 while view:
                     view = view[handle.write(view) or 0 :]
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
+                if _link_if_absent(tmp, final):
+                    # A new name is linked before the fsync, so one journal commit makes the data and the name
+                    # durable together (fsync first, and ext4 pays a second commit for the name). Nobody is told
+                    # of the file before this fsync and its folder's have returned.
+                    os.fsync(handle.fileno())
+                else:
+                    # The name exists: a re-send, or a file whose fsync a crash cut short. It is never trusted,
+                    # only replaced, and only by a copy already durable.
+                    os.fsync(handle.fileno())
+                    os.replace(tmp, final)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
         if sync_dir:
             _fsync_dir(final.parent)
 
@@ -124,6 +125,15 @@ class Spool:
         folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         with self._folders_lock:
             self._folders.add(folder)
+
+
+def _link_if_absent(source: Path, target: Path) -> bool:
+    """Give `source`'s file the name `target` if that name is free (atomically: link never replaces)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -4,6 +4,8 @@ the supported contexts every association shares. Each test fails if its mechanis
 from __future__ import annotations
 
 import copy
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +249,48 @@ def test_one_routing_pass_routes_every_nm_object_received_and_audits_each_in_ord
     assert pipeline.route_ready() == 0  # routed once only
     with receiver.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Event).where(Event.kind == "complete")) == 5
+
+
+def test_a_new_spool_file_has_its_name_before_its_fsync_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
+    final.unlink()
+    seen: list[bool] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            seen.append(final.exists())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    stored = spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert seen == [True]  # one journal commit covers the data and the name
+    assert spool.absolute(stored.path).read_bytes() == b"first"
+    assert stat.S_IMODE(final.stat().st_mode) == 0o600
+    assert list((spool.root / "tmp").iterdir()) == []
+
+
+def test_a_file_already_under_its_final_name_is_replaced_by_a_durable_copy_never_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a crash between a new name's link and its fsync can leave: the right size, lost content.
+    spool = Spool(tmp_path / "spool")
+    data = b"instance bytes" * 100
+    final = spool.absolute(spool.store_input(data, "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
+    final.write_bytes(b"\0" * len(data))
+    contents_at_fsync: list[bytes] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            contents_at_fsync.append(final.read_bytes())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    stored = spool.store_input(data, "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert contents_at_fsync == [b"\0" * len(data)]  # the old file stays until the new copy is durable
+    assert spool.absolute(stored.path).read_bytes() == data
+    assert list((spool.root / "tmp").iterdir()) == []
