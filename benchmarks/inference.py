@@ -3,8 +3,9 @@
 Each network's synthetic demo studies are read once; every job then runs as the node's worker runs it
 (`scintnode.infer.run_network`: decode, preprocessing, the network with its Grad-CAM, SR, SC and SEG),
 several times over. The network's own figure is the forward and Grad-CAM backward pass the network timed
-itself; everything else in the job is "outside". Throughput is jobs per second, one after another in one
-thread, as the node's single worker runs them. The device is recorded (a CUDA GPU when torch sees one).
+itself; everything else in the job is "outside", of which the DICOM writing (SR, SC, SEG) is shown apart.
+Throughput is jobs per second, one after another in one thread, as the node's single worker runs them.
+The device is recorded (a CUDA GPU when torch sees one).
 
     .venv/bin/python -m benchmarks.inference [--repeats 5] [--network thyroid-resnet34 ...]
 """
@@ -48,6 +49,7 @@ class Row:
     job_median_ms: float
     job_p95_ms: float
     network_median_ms: float
+    writing_median_ms: float
     per_second: float
 
     @property
@@ -70,13 +72,14 @@ def _jobs(study: DemoStudy) -> Job:
 def measure(network: Network, name: str, jobs: list[Job], repeats: int) -> Row:
     outputs = _OUTPUTS.get(name, ("sr", "sc"))
     run_network(network, jobs[0].sources, outputs, slots=jobs[0].slots)  # warm-up: first-call allocations
-    totals, inside = [], []
+    totals, inside, writing = [], [], []
     started = time.perf_counter()
     for _ in range(repeats):
         for job in jobs:
             result = run_network(network, job.sources, outputs, slots=job.slots)
             totals.append(result.total_ms)
             inside.append(result.inference_ms)
+            writing.append(result.writing_ms)
     elapsed = time.perf_counter() - started
     return Row(
         name,
@@ -84,6 +87,7 @@ def measure(network: Network, name: str, jobs: list[Job], repeats: int) -> Row:
         statistics.median(totals),
         quantile(totals, 0.95),
         statistics.median(inside),
+        statistics.median(writing),
         len(totals) / elapsed,
     )
 
@@ -102,15 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     registry = default_registry()
     print(f"device: {device()}, torch {torch.__version__}; synthetic studies")
-    print("| network | jobs | job median ms | job p95 ms | network median ms | share outside the network | jobs/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| network | jobs | job median ms | job p95 ms | network median ms | DICOM writing median ms "
+        "| share outside the network | jobs/s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="scintnode-inference-") as tmp:
         for name in args.network or sorted(CASES):
             studies = CASES[name](Path(tmp) / name, args.per_class, 7)
             row = measure(registry.get(name), name, [_jobs(s) for s in studies], args.repeats)
             print(
                 f"| {row.network} | {row.jobs} | {row.job_median_ms:.0f} | {row.job_p95_ms:.0f} | "
-                f"{row.network_median_ms:.0f} | {row.outside_share:.0%} | {row.per_second:.1f} |",
+                f"{row.network_median_ms:.0f} | {row.writing_median_ms:.0f} | {row.outside_share:.0%} | "
+                f"{row.per_second:.1f} |",
                 flush=True,
             )
     return 0

@@ -62,6 +62,14 @@ class VolumeMask:
     regions: tuple[Region, ...]
     display_window_hu: tuple[float, float] = (-160.0, 240.0)  # for key images
 
+    def centre_slice(self, number: int) -> int:
+        """Index of the mask slice through the middle of region `number` (its key image)."""
+        slices = np.nonzero((self.labels == number).any(axis=(1, 2)))[0]
+        if slices.size == 0:
+            raise ValueError(f"region {number} has no voxel in the mask")
+        weights = (self.labels[slices] == number).sum(axis=(1, 2))
+        return round(float(np.average(slices, weights=weights)))
+
 
 @dataclass(frozen=True)
 class Finding:

@@ -336,6 +336,7 @@ class Pipeline:
                     for h in finding.hotspots
                 ],
                 "total_ms": result.total_ms,
+                "writing_ms": result.writing_ms,
             }
             spec = finding.model
             self.db.record_event(
@@ -349,6 +350,7 @@ class Pipeline:
                 predicted=finding.predicted,
                 inference_ms=round(result.inference_ms, 1),
                 total_ms=round(result.total_ms, 1),
+                writing_ms=round(result.writing_ms, 1),
             )
             self.db.record_event(
                 session,

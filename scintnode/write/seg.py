@@ -106,7 +106,7 @@ def build_key_image_sc(
     slices = source_slices(volume, sources)
     largest = max(volume.regions, key=lambda region: region.volume_mm3)
     inside = volume.labels == largest.number
-    index = round(float(np.argwhere(inside)[:, 0].mean()))  # the slice through its centre
+    index = volume.centre_slice(largest.number)
     source = slices[index]
     rows, columns = np.nonzero(inside[index])
     low, high = volume.display_window_hu

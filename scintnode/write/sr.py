@@ -5,9 +5,10 @@ Input: the Finding infer produced and the source datasets it was computed on; ou
 Document layout (dsrdump reads it top-down):
 
 - TID 1500 root, device observer (our model), Procedure Reported = the imaging procedure analysed.
-- TID 1600 Image Library: every source image.
+- TID 1600 Image Library: every source image; for a CT volume, the key slice of each region (all inputs
+  stay in the evidence sequences, and the SEG references every slice).
 - One TID 1501 group "<model name> classification": Finding = the predicted class, Finding Site = the
-  organ, TID 4019 algorithm identification, IMAGE references to every source, and one NUM per class:
+  organ, TID 4019 algorithm identification, IMAGE references to the same images, and one NUM per class:
   ``NUM (122157, DCM, "Probability") = 87.5 %`` with a HAS CONCEPT MOD child
   ``CODE (121071, DCM, "Finding") = <that class's code>``, so each probability reads
   "Probability 87.5 %, Finding: Graves disease". The unit is UCUM "%" (0-100) because viewers print it.
@@ -64,6 +65,7 @@ def build_report(
     predicted = model.label(finding.predicted)
     site = hd.sr.FindingSite(anatomic_location=_concept(model.finding_site))
     predicted_code = _concept(predicted.code)
+    referenced = referenced_sources(finding, sources)
 
     classification = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{model.name} classification"),
@@ -75,7 +77,7 @@ def build_report(
             hd.sr.SourceImageForMeasurementGroup.from_source_image(
                 source, referenced_frame_numbers=_frames_for(finding, index, source)
             )
-            for index, source in enumerate(sources)
+            for index, source in referenced
         ],
     )
     hotspot_groups = [
@@ -96,7 +98,7 @@ def build_report(
         ),
         procedure_reported=_concept(model.procedure),
         imaging_measurements=[classification, *hotspot_groups, *_segment_groups(finding, segmentation, algorithm)],
-        referenced_images=list(sources),
+        referenced_images=[source for _, source in referenced],
     )
     return hd.sr.Comprehensive3DSR(
         evidence=[*sources, *other_evidence, *([segmentation] if segmentation is not None else [])],
@@ -144,6 +146,28 @@ def check_inputs(finding: Finding, sources: Sequence[Dataset]) -> None:
             raise ValueError(f"hot spot frame {hotspot.frame} is outside 1..{frames} of source {hotspot.source_index}")
     if finding.source_frames and len(finding.source_frames) != len(sources):
         raise ValueError(f"{len(finding.source_frames)} source frames given for {len(sources)} sources")
+
+
+def referenced_sources(finding: Finding, sources: Sequence[Dataset]) -> list[tuple[int, Dataset]]:
+    """The sources the document references image by image (IMAGE items, Image Library), with their index.
+
+    A planar job: every source. A volume (CT) job: the key slice of each region, or with none the middle
+    slice of the series the network segmented. Every slice of two CT series would make a tree of thousands
+    of items, seconds to build, that a reader scrolls past; every input stays in the evidence sequences, and
+    the SEG references every slice it segments."""
+    volume = finding.volume
+    if volume is None:
+        return list(enumerate(sources))
+    position = {str(ds.SOPInstanceUID): index for index, ds in enumerate(sources)}
+    if volume.regions:
+        slices = [volume.centre_slice(region.number) for region in volume.regions]
+    else:
+        slices = [len(volume.slice_sop_uids) // 2]
+    uids = [volume.slice_sop_uids[index] for index in dict.fromkeys(slices)]
+    missing = [uid for uid in uids if uid not in position]
+    if missing:
+        raise ValueError(f"the mask is drawn on slice {missing[0]}, which is not among the sources")
+    return [(position[uid], sources[position[uid]]) for uid in uids]
 
 
 def algorithm_identification(model: ModelSpec) -> hd.sr.AlgorithmIdentification:
