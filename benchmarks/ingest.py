@@ -159,6 +159,8 @@ def send(receiver: Receiver, files: list[Path], associations: int) -> float:
 
 
 def measure(name: str, dataset: str, files: list[Path], associations: int, workdir: Path) -> Row:
+    # storescp leaves its files unsynced: flush them first, or their writeback lands in the next run
+    os.sync()
     with RECEIVERS[name](workdir / f"{name}-{dataset}-{associations}") as receiver:
         cpu_before = _cpu_seconds(receiver.pid)
         seconds = send(receiver, files, associations)
@@ -216,13 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for dataset, files in sets.items():
         for associations in (int(a) for a in args.associations.split(",")):
-            for name in args.receivers.split(","):
-                runs = [measure(name, dataset, files, associations, workdir / f"r{r}") for r in range(args.rounds)]
-                runs.sort(key=lambda row: row.seconds)
-                rows.append(runs[len(runs) // 2])
+            names = args.receivers.split(",")
+            # rounds interleave the receivers, so a drift of the shared machine touches each of them alike
+            runs: dict[str, list[Row]] = {name: [] for name in names}
+            for r in range(args.rounds):
+                for name in names:
+                    runs[name].append(measure(name, dataset, files, associations, workdir / f"r{r}"))
+            for name in names:
+                ordered = sorted(runs[name], key=lambda row: row.seconds)
+                rows.append(ordered[len(ordered) // 2])
                 print(
                     f"  {name:<10} {dataset:<18} x{associations}: "
-                    f"{statistics.median(r.per_second for r in runs):7.1f} inst/s",
+                    f"{statistics.median(r.per_second for r in ordered):7.1f} inst/s "
+                    f"(runs: {', '.join(f'{r.per_second:.0f}' for r in runs[name])})",
                     flush=True,
                 )
     if args.json:
