@@ -104,15 +104,14 @@ class Spool:
                 view = memoryview(data)
                 while view:
                     view = view[handle.write(view) or 0 :]
-                if _link_if_absent(tmp, final):
-                    # A new name is linked before the fsync, so one journal commit makes the data and the name
-                    # durable together (fsync first, and ext4 pays a second commit for the name). Nobody is told
-                    # of the file before this fsync and its folder's have returned.
-                    os.fsync(handle.fileno())
-                else:
+                # A new name is linked before the fsync, so one journal commit makes the data and the name
+                # durable together (fsync first, and ext4 pays a second commit for the name). Nobody is told of
+                # the file before this fsync and its folder's have returned.
+                linked = _link_if_absent(tmp, final)
+                os.fsync(handle.fileno())
+                if not linked:
                     # The name exists: a re-send, or a file whose fsync a crash cut short. It is never trusted,
                     # only replaced, and only by a copy already durable.
-                    os.fsync(handle.fileno())
                     os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
