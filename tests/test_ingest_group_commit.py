@@ -7,8 +7,9 @@ import copy
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from pydicom import dcmread
@@ -29,6 +30,7 @@ from scintnode.route import RuleSet
 from scintnode.spool import Spool
 from tests.conftest import NMFactory
 
+T = TypeVar("T")
 ROWS = Table("rows", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(16)))
 
 
@@ -251,21 +253,27 @@ def test_one_routing_pass_routes_every_nm_object_received_and_audits_each_in_ord
         assert session.scalar(select(func.count()).select_from(Event).where(Event.kind == "complete")) == 5
 
 
+def _at_each_file_fsync(monkeypatch: pytest.MonkeyPatch, look: Callable[[], T]) -> list[T]:
+    """What `look` returns at each fsync of a file (folders' fsyncs are skipped), in order."""
+    seen: list[T] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            seen.append(look())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
 def test_a_new_spool_file_has_its_name_before_its_fsync_and_leaves_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = Spool(tmp_path / "spool")
     final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
     final.unlink()
-    seen: list[bool] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            seen.append(final.exists())
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    seen = _at_each_file_fsync(monkeypatch, final.exists)
     stored = spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
     assert seen == [True]  # one journal commit covers the data and the name
     assert spool.absolute(stored.path).read_bytes() == b"first"
@@ -281,15 +289,7 @@ def test_a_file_already_under_its_final_name_is_replaced_by_a_durable_copy_never
     data = b"instance bytes" * 100
     final = spool.absolute(spool.store_input(data, "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
     final.write_bytes(b"\0" * len(data))
-    contents_at_fsync: list[bytes] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            contents_at_fsync.append(final.read_bytes())
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    contents_at_fsync = _at_each_file_fsync(monkeypatch, final.read_bytes)
     stored = spool.store_input(data, "1.2.3", "1.2.3.4", "1.2.3.4.5")
     assert contents_at_fsync == [b"\0" * len(data)]  # the old file stays until the new copy is durable
     assert spool.absolute(stored.path).read_bytes() == data
