@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ from sqlalchemy import Table, bindparam, case, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from scintnode import receive_index_sqlite
 from scintnode.db import INSERT_EVENTS, Instance, Series, event_row, utcnow
 from scintnode.spool import Spool, StoredFile
 
@@ -109,17 +111,51 @@ def write_index_batch(connection: Connection, spool: Spool, items: list[StoreWri
     _write_stores(connection, stores)
 
 
+def sqlite_driver(connection: Connection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under a SQLite index, whose stores take `receive_index_sqlite`; None otherwise."""
+    if connection.dialect.name != "sqlite":
+        return None
+    return cast(sqlite3.Connection, connection.connection.driver_connection)
+
+
 def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
     if not stores:
         return
-    now = utcnow()
-    uids = {s.header.sop_instance_uid for s in stores}
-    known: dict[str, str] = {
-        row.sop_instance_uid: row.sha256 for row in connection.execute(_KNOWN_SHA256, {"uids": sorted(uids)})
-    }
-    new_rows: list[dict[str, Any]] = []
-    replaced: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
+    uids = sorted({s.header.sop_instance_uid for s in stores})
+    driver = sqlite_driver(connection)
+    if driver is not None:
+        rows = _plan_rows(
+            stores, receive_index_sqlite.known_sha256(driver, uids), receive_index_sqlite.timestamp(utcnow())
+        )
+        receive_index_sqlite.write_rows(driver, rows.new_instances, rows.replaced, rows.series, rows.events)
+        return
+    known = {row.sop_instance_uid: row.sha256 for row in connection.execute(_KNOWN_SHA256, {"uids": uids})}
+    rows = _plan_rows(stores, known, utcnow())
+    if rows.new_instances:
+        connection.execute(_INSERT_INSTANCES, rows.new_instances)
+    if rows.replaced:
+        connection.execute(_REPLACE_INSTANCE, rows.replaced)
+    for reopen, series_rows in rows.series.items():
+        if series_rows:
+            connection.execute(_series_upsert(connection.dialect.name, reopen), series_rows)
+    if rows.events:
+        connection.execute(INSERT_EVENTS, rows.events)
+
+
+@dataclass
+class _IndexRows:
+    """The rows one batch of stores adds or changes, by statement."""
+
+    new_instances: list[dict[str, Any]] = field(default_factory=list)
+    replaced: list[dict[str, Any]] = field(default_factory=list)
+    series: dict[bool, list[dict[str, Any]]] = field(default_factory=dict)  # by whether it reopens the series
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _plan_rows(stores: list[StoreWrite], known: dict[str, str], now: Any) -> _IndexRows:
+    """Decide each store's rows; an identical re-send is marked duplicate and adds none. `now` is written
+    as given: a datetime for SQLAlchemy, text for the sqlite3 path."""
+    rows = _IndexRows()
     series: dict[str, dict[str, Any]] = {}
     for store in stores:
         header, stored, entry = store.header, store.stored, store.entry
@@ -131,10 +167,10 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
             continue
         calling_ae, address = (entry.calling_ae, entry.address) if entry else ("", "")
         if previous is None:
-            new_rows.append(_instance_row(header, stored, entry, now))
+            rows.new_instances.append(_instance_row(header, stored, entry, now))
         else:
             log.warning("instance %s re-sent with different content; keeping both files, indexing the new one", uid)
-            events.append(
+            rows.events.append(
                 event_row(
                     header.study_uid,
                     "replaced",
@@ -144,7 +180,9 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
                     new_sha256=stored.sha256,
                 )
             )
-            replaced.append({"uid": uid, "path": stored.path, "sha256": stored.sha256, "size": stored.size, "now": now})
+            rows.replaced.append(
+                {"uid": uid, "path": stored.path, "sha256": stored.sha256, "size": stored.size, "now": now}
+            )
         known[uid] = stored.sha256
         row = series.setdefault(
             header.series_uid,
@@ -154,7 +192,7 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
         row["instance_count"] += 1
         # late data reopens a completed series, except an NM object, which is complete by itself
         row["reopen"] = row["reopen"] or not is_nm_object(header.sop_class_uid, header.modality)
-        events.append(
+        rows.events.append(
             event_row(
                 header.study_uid,
                 "received",
@@ -165,16 +203,11 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
                 address=address,
             )
         )
-    if new_rows:
-        connection.execute(_INSERT_INSTANCES, new_rows)
-    if replaced:
-        connection.execute(_REPLACE_INSTANCE, replaced)
     for reopen in (False, True):
-        rows = [{k: v for k, v in row.items() if k != "reopen"} for row in series.values() if row["reopen"] == reopen]
-        if rows:
-            connection.execute(_series_upsert(connection.dialect.name, reopen), rows)
-    if events:
-        connection.execute(INSERT_EVENTS, events)
+        rows.series[reopen] = [
+            {k: v for k, v in row.items() if k != "reopen"} for row in series.values() if row["reopen"] == reopen
+        ]
+    return rows
 
 
 def _instance_row(header: Header, stored: StoredFile, entry: AssociationLog | None, now: Any) -> dict[str, Any]:
