@@ -9,6 +9,7 @@ a batch once before the batch's index rows commit."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -18,6 +19,8 @@ from pathlib import Path
 
 FILE_MODE = 0o600  # spool files hold patient data: not readable by other users
 DIR_MODE = 0o700
+
+log = logging.getLogger(__name__)
 
 
 class SpoolFull(OSError):
@@ -48,6 +51,7 @@ class Spool:
         self._folders: set[Path] = set()  # folders known to exist: saves a mkdir per file
         self._folders_lock = threading.Lock()
         self._sequence = 0  # with the pid, names each temporary file uniquely
+        self._sweep_dead_writers_parts()
 
     def absolute(self, relative: str) -> Path:
         return self.root / relative
@@ -118,12 +122,45 @@ class Spool:
         if sync_dir:
             _fsync_dir(final.parent)
 
+    def _sweep_dead_writers_parts(self) -> None:
+        """Remove the temporary files of writers that died mid-write (a crash, a kill, power loss).
+
+        Nothing was acknowledged for them, so the sender still holds the data. A file whose writer may still
+        run (a live pid: this process, a second node on the same spool, or a reused pid) is left alone."""
+        removed = 0
+        for part in (self.root / "tmp").glob("*.part"):
+            pid = _writer_pid(part.name)
+            if pid is None or _process_alive(pid):
+                continue
+            part.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.warning("removed %d temporary file(s) left in %s by writers that died mid-write", removed, self.root)
+
     def _ensure_folder(self, folder: Path) -> None:
         if folder in self._folders and folder.is_dir():
             return
         folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         with self._folders_lock:
             self._folders.add(folder)
+
+
+def _writer_pid(part_name: str) -> int | None:
+    """The pid in a temporary file's name (`<final name>.<pid>.<sequence>.part`), None if it has none."""
+    fields = part_name.split(".")
+    if len(fields) < 4 or not fields[-3].isdigit():
+        return None
+    return int(fields[-3])
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def _link_if_absent(source: Path, target: Path) -> bool:

@@ -97,3 +97,18 @@ def test_a_disk_that_really_runs_out_refuses_with_0xA700_and_leaves_no_partial_f
         assert_accepted_intact(receiver, 2)
     finally:
         receiver.stop()
+
+
+def test_a_restart_removes_the_temporary_files_of_writers_that_died_and_keeps_live_ones(tmp_path: Path) -> None:
+    Spool(tmp_path / "spool")
+    writer = subprocess.Popen(["true"])
+    writer.wait()  # its pid no longer runs
+    tmp = tmp_path / "spool" / "tmp"
+    dead = tmp / f"0123abcd-4567.dcm.{writer.pid}.7.part"
+    live = tmp / f"89ef0123-4567.dcm.{os.getpid()}.8.part"
+    foreign = tmp / "notes.part"  # no writer pid in its name: not ours to judge
+    for path in (dead, live, foreign):
+        path.write_bytes(b"half an instance")
+    Spool(tmp_path / "spool")
+    assert not dead.exists()
+    assert live.exists() and foreign.exists()
