@@ -125,14 +125,20 @@ class Spool:
     def _sweep_dead_writers_parts(self) -> None:
         """Remove the temporary files of writers that died mid-write (a crash, a kill, power loss).
 
-        Nothing was acknowledged for them, so the sender still holds the data. A file whose writer may still
-        run (a live pid: this process, a second node on the same spool, or a reused pid) is left alone."""
+        Nothing was acknowledged for them, so the sender still holds the data. A file is its writer's while
+        a process with its pid runs and started before the file was written: a container restarts its node
+        as pid 1 again, and that new pid 1 did not write the old run's files."""
         removed = 0
         for part in (self.root / "tmp").glob("*.part"):
             pid = _writer_pid(part.name)
-            if pid is None or _process_alive(pid):
+            if pid is None:
                 continue
-            part.unlink(missing_ok=True)
+            try:
+                if _may_have_written(pid, part.stat().st_mtime):
+                    continue
+                part.unlink()
+            except FileNotFoundError:  # its writer finished meanwhile
+                continue
             removed += 1
         if removed:
             log.warning("removed %d temporary file(s) left in %s by writers that died mid-write", removed, self.root)
@@ -153,14 +159,28 @@ def _writer_pid(part_name: str) -> int | None:
     return int(fields[-3])
 
 
-def _process_alive(pid: int) -> bool:
+def _may_have_written(pid: int, written_at: float) -> bool:
+    """Whether the process now under `pid` may have written a file at `written_at` (seconds since the epoch)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+    except PermissionError:  # it runs, owned by another user
+        pass
+    started = _started_at(pid)
+    # the boot time is whole seconds: only a file clearly older than the process is not its own
+    return started is None or written_at >= started - 2.0
+
+
+def _started_at(pid: int) -> float | None:
+    """When the process `pid` started, from /proc (None where there is no /proc, or it has just ended)."""
+    try:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    # field 22 of stat is the start time in clock ticks after boot; the list starts at field 3
+    return int(boot.split()[1]) + int(after_name[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def _link_if_absent(source: Path, target: Path) -> bool:

@@ -106,9 +106,12 @@ def test_a_restart_removes_the_temporary_files_of_writers_that_died_and_keeps_li
     tmp = tmp_path / "spool" / "tmp"
     dead = tmp / f"0123abcd-4567.dcm.{writer.pid}.7.part"
     live = tmp / f"89ef0123-4567.dcm.{os.getpid()}.8.part"
+    # a container restarts its node under the same pid: a file older than the process is not its own
+    previous_run = tmp / f"4567cdef-89ab.dcm.{os.getpid()}.9.part"
     foreign = tmp / "notes.part"  # no writer pid in its name: not ours to judge
-    for path in (dead, live, foreign):
+    for path in (dead, live, previous_run, foreign):
         path.write_bytes(b"half an instance")
+    os.utime(previous_run, (0, 0))  # written long before this process started
     Spool(tmp_path / "spool")
-    assert not dead.exists()
+    assert not dead.exists() and not previous_run.exists()
     assert live.exists() and foreign.exists()
