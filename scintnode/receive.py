@@ -1,7 +1,8 @@
 """Receive: the Storage SCP. Each instance goes to the spool and the index before success is answered.
 
-It never decodes pixel data and never runs a network; bad input gets a DICOM failure status and a log
-line, and the handler never raises (a raising handler would answer 0xC211 with no explanation)."""
+Its header is checked first (`receive_header`). It never decodes pixel data and never runs a network; bad
+input gets a DICOM failure status and a log line, and the handler never raises (a raising handler would
+answer 0xC211 with no explanation)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from io import BytesIO
-from typing import Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
-from pydicom.uid import UID
 from pynetdicom import (
     ALL_TRANSFER_SYNTAXES,
     PYNETDICOM_IMPLEMENTATION_UID,
@@ -33,9 +27,9 @@ from scintnode.config import NodeSettings
 from scintnode.db import Database, GroupCommit
 from scintnode.dimse_command import Command
 from scintnode.metrics import Metrics
+from scintnode.receive_header import Rejected, read_header
 from scintnode.receive_index import (
     AssociationLog,
-    Header,
     ReleaseWrite,
     StoreWrite,
     write_index_batch,
@@ -46,114 +40,7 @@ from scintnode.upper_layer import AcceptorServer, AcceptorSettings, Association
 
 log = logging.getLogger(__name__)
 
-# C-STORE failure statuses (PS3.4 Annex B.2.3) and what we use them for
-OUT_OF_RESOURCES = 0xA700  # spool full or the index cannot be written: the sender may retry later
-DATASET_MISMATCH = 0xA900  # dataset does not match the SOP class / the request (wrong or missing UIDs)
-CANNOT_UNDERSTAND = 0xC210  # not a decodable DICOM dataset
-INVALID_UID = 0xC220  # a UID that is not a valid DICOM UID (e.g. holding path characters)
-
-PIXEL_DATA_TAG = (0x7FE0, 0x0010)
-UNDEFINED_LENGTH = 0xFFFFFFFF
-# explicit VR elements whose length is 4 bytes after 2 reserved ones (PS3.5 7.1.2)
-_LONG_LENGTH_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-
-
-class Rejected(Exception):
-    """An instance the node will not store, with the status to answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: str) -> Header:
-    """Parse and check the header of a received Part-10 byte stream; raise Rejected with the status.
-
-    Pixel data are never decoded: their declared size is only compared with the bytes that arrived."""
-    stream = BytesIO(data)
-    meta = _meta_transfer_syntax(data)
-    try:
-        if meta is not None and meta[0].is_transfer_syntax and not meta[0].is_deflated:
-            # the data set straight after the File Meta: re-reading the meta through dcmread costs a third of
-            # the header parse, and `part10` wrote it moments ago
-            check_encoding(data, meta[1], meta[0])
-            stream.seek(meta[1])
-            ds: Dataset = read_dataset(
-                stream, meta[0].is_implicit_VR, meta[0].is_little_endian, stop_when=_before_pixel_data
-            )
-            transfer_syntax = str(meta[0])
-        else:
-            ds = dcmread(stream, stop_before_pixels=True)
-            transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-        pixel_offset = stream.tell()
-        values = {
-            "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
-            "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
-            "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
-            "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
-            "patient_id": str(ds.get("PatientID", "") or "")[:64],
-            "modality": str(ds.get("Modality", "") or "").strip().upper()[:16],
-        }
-        for keyword in _IMAGE_SIZE_KEYWORDS:
-            ds.get(keyword)  # pydicom converts values on first access: a damaged one must fail here, as undecodable
-    except Rejected:
-        raise
-    except RecursionError as exc:
-        raise Rejected(CANNOT_UNDERSTAND, "header cannot be decoded: sequences nested too deeply") from exc
-    except MemoryError as exc:
-        raise Rejected(CANNOT_UNDERSTAND, "header cannot be decoded: a declared length exceeds memory") from exc
-    except Exception as exc:  # pydicom raises many types for damaged data (ValueError, zlib.error, struct.error...)
-        raise Rejected(CANNOT_UNDERSTAND, f"header cannot be decoded: {type(exc).__name__}: {exc}"[:300]) from exc
-    identifying = ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid")
-    if not any(values[name] for name in identifying):
-        raise Rejected(
-            CANNOT_UNDERSTAND,
-            f"none of the identifying attributes were found: the data is not a DICOM data set in {transfer_syntax}",
-        )
-    for name in identifying:
-        if not values[name]:
-            raise Rejected(DATASET_MISMATCH, f"required attribute {name} is missing or empty")
-        if not UID(values[name]).is_valid:
-            raise Rejected(INVALID_UID, f"{name} is not a valid DICOM UID: {values[name][:80]!r}")
-    if values["sop_class_uid"] != requested_sop_class:
-        raise Rejected(
-            DATASET_MISMATCH,
-            f"SOP Class UID {values['sop_class_uid']} does not match the request ({requested_sop_class})",
-        )
-    if values["sop_instance_uid"] != requested_sop_instance:
-        raise Rejected(DATASET_MISMATCH, "SOP Instance UID does not match the C-STORE request")
-    check_pixel_data(ds, data, pixel_offset, transfer_syntax)
-    return Header(transfer_syntax=transfer_syntax, **values)
-
-
-_IMAGE_SIZE_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames")
-
-
-def _before_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag in (0x7FE00010, 0x7FE00009, 0x7FE00008)  # Pixel, Double Float and Float Pixel Data
-
-
-def _meta_transfer_syntax(data: bytes) -> tuple[UID, int] | None:
-    """The transfer syntax and the data set's offset in a Part-10 stream whose File Meta starts with its group
-    length, as `part10` and pydicom write it; None for anything else (dcmread then reads it as it is)."""
-    if data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL" or len(data) < 144:
-        return None
-    end = 144 + struct.unpack_from("<I", data, 140)[0]
-    offset = 144
-    while offset + 8 <= min(end, len(data)):
-        group, element = struct.unpack_from("<HH", data, offset)
-        if data[offset + 4 : offset + 6] in _LONG_LENGTH_VRS:
-            value = offset + 12
-            length = struct.unpack_from("<I", data, offset + 8)[0] if value <= len(data) else 0
-        else:
-            value, length = offset + 8, struct.unpack_from("<H", data, offset + 6)[0]
-        if (group, element) == (0x0002, 0x0010):
-            return UID(data[value : value + length].rstrip(b"\x00 ").decode("ascii", "replace")), end
-        offset = value + length
-    return None
+OUT_OF_RESOURCES = 0xA700  # C-STORE status: spool full or the index cannot be written; the sender may retry
 
 
 def _meta_element(group_element: bytes, vr: bytes, value: bytes) -> bytes:
@@ -191,92 +78,6 @@ def part10(
     )
     group_length = _meta_element(b"\x02\x00\x00\x00", b"UL", struct.pack("<I", len(elements)))
     return b"".join((b"\x00" * 128, b"DICM", group_length, elements, *dataset))
-
-
-def check_encoding(data: bytes, start: int, syntax: UID) -> None:
-    """Refuse a data set (at `start`) whose first element is implicit VR under an explicit VR syntax, or the
-    other way round. pydicom would switch silently and read it, but the stored file would then lie about
-    its encoding."""
-    vr = data[start + 4 : start + 6]
-    if len(vr) < 2:
-        return
-    looks_explicit = vr.isalpha() and vr.isupper()
-    if looks_explicit == syntax.is_implicit_VR:
-        found = "explicit" if looks_explicit else "implicit"
-        raise Rejected(CANNOT_UNDERSTAND, f"the data is encoded in {found} VR, not in {syntax.name} as negotiated")
-
-
-def _as_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
-    value: Any = ds.get(keyword, default)
-    try:
-        number = int(value)
-    except (TypeError, ValueError) as exc:
-        raise Rejected(DATASET_MISMATCH, f"{keyword} is missing or not a number ({str(value)[:20]!r})") from exc
-    return number
-
-
-def check_pixel_data(ds: Dataset, data: bytes, offset: int, transfer_syntax: str) -> None:
-    """Cheap consistency checks of an image's declared size against the Pixel Data element that arrived.
-
-    `offset` is where dcmread stopped, before the Pixel Data element (or at the end when there is none)."""
-    syntax = UID(transfer_syntax)
-    if not syntax.is_transfer_syntax or syntax.is_deflated:
-        return  # offsets refer to the inflated stream; the header was read, that is as far as cheap goes
-    header = data[offset : offset + 12]
-    present = len(header) >= 8 and _tag(header, syntax.is_little_endian) == PIXEL_DATA_TAG
-    is_image = "Rows" in ds or "Columns" in ds
-    if not present:
-        if is_image:
-            raise Rejected(DATASET_MISMATCH, "image has Rows/Columns but no Pixel Data")
-        return
-    if not is_image:
-        raise Rejected(DATASET_MISMATCH, "Pixel Data without Rows and Columns")
-    endian = "<" if syntax.is_little_endian else ">"
-    if syntax.is_implicit_VR:
-        length, start = struct.unpack(endian + "I", header[4:8])[0], offset + 8
-    elif header[4:6] in _LONG_LENGTH_VRS:
-        if len(header) < 12:
-            raise Rejected(DATASET_MISMATCH, "Pixel Data element is cut off")
-        length, start = struct.unpack(endian + "I", header[8:12])[0], offset + 12
-    else:
-        length, start = struct.unpack(endian + "H", header[6:8])[0], offset + 8
-    if syntax.is_encapsulated:
-        if length != UNDEFINED_LENGTH:
-            raise Rejected(
-                CANNOT_UNDERSTAND,
-                f"transfer syntax {syntax.name} needs encapsulated Pixel Data, but it has a defined length",
-            )
-        return
-    if length == UNDEFINED_LENGTH:
-        raise Rejected(
-            CANNOT_UNDERSTAND, f"encapsulated (compressed) Pixel Data in the uncompressed transfer syntax {syntax.name}"
-        )
-    rows, columns = _as_int(ds, "Rows"), _as_int(ds, "Columns")
-    bits, samples = _as_int(ds, "BitsAllocated"), _as_int(ds, "SamplesPerPixel", 1)
-    frames = _as_int(ds, "NumberOfFrames", 1) if ds.get("NumberOfFrames") not in (None, "") else 1
-    if rows <= 0 or columns <= 0 or frames <= 0 or samples not in (1, 3, 4) or bits not in (1, 8, 16, 32, 64):
-        raise Rejected(
-            DATASET_MISMATCH,
-            f"inconsistent image size: Rows {rows}, Columns {columns}, Number of Frames {frames}, "
-            f"Samples per Pixel {samples}, Bits Allocated {bits}",
-        )
-    expected = (rows * columns * frames * samples * bits + 7) // 8
-    available = len(data) - start
-    if length > available:
-        raise Rejected(
-            DATASET_MISMATCH, f"Pixel Data declares {length} bytes but only {max(available, 0)} arrived (truncated)"
-        )
-    if length < expected:
-        raise Rejected(
-            DATASET_MISMATCH,
-            f"Pixel Data holds {length} bytes; {frames} frame(s) of {rows}x{columns}, {samples}x{bits} bits, "
-            f"need {expected}",
-        )
-
-
-def _tag(header: bytes, little_endian: bool) -> tuple[int, int]:
-    group, element = struct.unpack("<HH" if little_endian else ">HH", header[:4])
-    return int(group), int(element)
 
 
 def storage_contexts() -> list[PresentationContext]:

@@ -190,9 +190,7 @@ class Dispatcher:
     def enqueue(self, session: Session, output: Output, destinations: Sequence[str]) -> None:
         """Queue `output` for each destination inside the caller's transaction; existing pairs are kept."""
         existing = set(
-            session.scalars(
-                select(Delivery.destination).where(Delivery.sop_instance_uid == output.sop_instance_uid)
-            )
+            session.scalars(select(Delivery.destination).where(Delivery.sop_instance_uid == output.sop_instance_uid))
         )
         now = utcnow()
         for name in dict.fromkeys(destinations):
@@ -559,16 +557,12 @@ def _send_one(assoc: Association, item: _Ready, where: str, timeout: float) -> _
 def _diagnose_connection(destination: Destination, where: str) -> _Outcome:
     """pynetdicom only logs why TCP failed; one short probe names it (refused, timeout, unreachable)."""
     try:
-        with socket.create_connection(
-            (destination.host, destination.port), min(destination.timeout_seconds, 5)
-        ):
+        with socket.create_connection((destination.host, destination.port), min(destination.timeout_seconds, 5)):
             pass
     except ConnectionRefusedError:
         return _condition("connection-refused", f"{where} refused the connection: is the PACS running?")
     except TimeoutError:
-        return _condition(
-            "connection-timeout", f"{where} did not accept a connection in time (firewall or host down?)"
-        )
+        return _condition("connection-timeout", f"{where} did not accept a connection in time (firewall or host down?)")
     except socket.gaierror as exc:
         return _condition("host-unknown", f"{where}: cannot resolve host name: {exc}")
     except OSError as exc:
@@ -599,9 +593,7 @@ def list_deliveries(db: Database, state: str | None = None) -> list[DeliveryRow]
         return [DeliveryRow(*row) for row in session.execute(query).all()]
 
 
-def resubmit_deliveries(
-    db: Database, delivery_ids: Sequence[int] | None = None, now: dt.datetime | None = None
-) -> int:
+def resubmit_deliveries(db: Database, delivery_ids: Sequence[int] | None = None, now: dt.datetime | None = None) -> int:
     """Dead letters back to pending, attempts reset, due at once: the given ids (only those that are dead)
     or, with None, every dead delivery. Returns how many were resubmitted."""
     moment = _naive_utc(now)

@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from scintnode.config import DEFAULT_RULES_DIR
 from scintnode.phantoms import nm
-from scintnode.receive import CANNOT_UNDERSTAND, DATASET_MISMATCH, INVALID_UID, Rejected, read_header
+from scintnode.receive_header import CANNOT_UNDERSTAND, DATASET_MISMATCH, INVALID_UID, Rejected, read_header
 from scintnode.receive_index import Header
 from scintnode.route import load_rule_set
 from scintnode.route.facts import derive_facts

@@ -17,15 +17,8 @@ from sqlalchemy import select
 
 from scintnode.config import NodeSettings
 from scintnode.db import Database, Event, Instance, Series
-from scintnode.receive import (
-    CANNOT_UNDERSTAND,
-    DATASET_MISMATCH,
-    INVALID_UID,
-    OUT_OF_RESOURCES,
-    Receiver,
-    Rejected,
-    read_header,
-)
+from scintnode.receive import OUT_OF_RESOURCES, Receiver
+from scintnode.receive_header import CANNOT_UNDERSTAND, DATASET_MISMATCH, INVALID_UID, Rejected, read_header
 from scintnode.spool import Spool
 from tests.conftest import NMFactory
 

@@ -30,14 +30,8 @@ from sqlalchemy import func, select
 from scintnode.config import NodeSettings
 from scintnode.db import Database, Instance
 from scintnode.phantoms import nm
-from scintnode.receive import (
-    CANNOT_UNDERSTAND,
-    DATASET_MISMATCH,
-    INVALID_UID,
-    Receiver,
-    Rejected,
-    read_header,
-)
+from scintnode.receive import Receiver
+from scintnode.receive_header import CANNOT_UNDERSTAND, DATASET_MISMATCH, INVALID_UID, Rejected, read_header
 from scintnode.spool import Spool
 
 SUCCESS = 0x0000

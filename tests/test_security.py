@@ -25,7 +25,8 @@ from sqlalchemy import func, select
 from scintnode.config import ConfigError, NodeSettings, load_settings
 from scintnode.db import Database, Instance
 from scintnode.phantoms import nm
-from scintnode.receive import DATASET_MISMATCH, Receiver
+from scintnode.receive import Receiver
+from scintnode.receive_header import DATASET_MISMATCH
 from scintnode.route import RuleError, load_rule_set
 from scintnode.security import CallerPolicy
 from scintnode.spool import Spool

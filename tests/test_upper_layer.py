@@ -22,7 +22,8 @@ from sqlalchemy import select
 from scintnode import dimse_command
 from scintnode.config import NodeSettings
 from scintnode.db import Database, Instance
-from scintnode.receive import DATASET_MISMATCH, Receiver
+from scintnode.receive import Receiver
+from scintnode.receive_header import DATASET_MISMATCH
 from scintnode.spool import Spool
 from scintnode.upper_layer import TOLERATED_PDU
 from tests import raw_dicom
