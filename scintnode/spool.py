@@ -2,7 +2,8 @@
 
 Paths are built from hashes of the UIDs, never from UID text, so no sender can steer a path. Every file
 is written to a temporary name, given its final name, fsynced and its directory fsynced before anyone is
-told it exists; a file already under that name is only ever replaced by a copy already fsynced.
+told it exists; a file already under that name is only ever replaced by a copy already fsynced. A folder
+is made with its parent fsynced. Inputs live in 256 bucket folders chosen by series, outputs by study.
 The receiver defers the directory fsync (`sync_dir=False`) to its group commit, which syncs each folder of
 a batch once before the batch's index rows commit."""
 
@@ -46,8 +47,8 @@ class Spool:
     def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = root.resolve()
         self.min_free_bytes = min_free_bytes
-        for sub in ("", "inputs", "outputs", "tmp"):
-            (self.root / sub).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        for sub in ("inputs", "outputs", "tmp"):
+            _make_durable_folder(self.root / sub)
         self._folders: set[Path] = set()  # folders known to exist: saves a mkdir per file
         self._folders_lock = threading.Lock()
         self._sequence = 0  # with the pid, names each temporary file uniquely
@@ -64,10 +65,11 @@ class Spool:
     ) -> StoredFile:
         """Write an input durably; with sync_dir=False the caller must `sync_folders` before relying on it."""
         content = hashlib.sha256(data).hexdigest()
-        # the content hash in the name keeps a changed re-send beside the original instead of over it
-        relative = (
-            f"inputs/{_digest(study_uid)[:16]}/{_digest(series_uid)[:16]}/{_digest(sop_uid)[:32]}-{content[:12]}.dcm"
-        )
+        series = _digest(series_uid)[:16]
+        # One of 256 bucket folders, by series: a series stays in one folder (one folder fsync per batch), and
+        # a single-image NM series costs no folder of its own (two mkdirs and their metadata, per instance).
+        # The content hash in the name keeps a changed re-send beside the original instead of over it.
+        relative = f"inputs/{series[:2]}/{series}-{_digest(sop_uid)[:32]}-{content[:12]}.dcm"
         self._write(relative, data, sync_dir)
         return StoredFile(relative, content, len(data))
 
@@ -146,9 +148,23 @@ class Spool:
     def _ensure_folder(self, folder: Path) -> None:
         if folder in self._folders and folder.is_dir():
             return
-        folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        # under the lock: a second writer must not use the folder before its name is durable
         with self._folders_lock:
+            _make_durable_folder(folder)
             self._folders.add(folder)
+
+
+def _make_durable_folder(folder: Path) -> None:
+    """Create `folder` and any missing parents, fsyncing the parent of each one created: a file's fsync makes
+    its own name durable, not the name of a folder made for it."""
+    try:
+        folder.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        _make_durable_folder(folder.parent)
+        folder.mkdir(mode=DIR_MODE)
+    _fsync_dir(folder.parent)
 
 
 def _writer_pid(part_name: str) -> int | None:

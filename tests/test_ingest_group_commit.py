@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from scintnode import receive
+from scintnode import spool as spool_module
 from scintnode.config import NodeSettings, Settings
 from scintnode.db import Database, Event, GroupCommit, Instance, Series
 from scintnode.pipeline import Pipeline
@@ -294,3 +295,28 @@ def test_a_file_already_under_its_final_name_is_replaced_by_a_durable_copy_never
     assert contents_at_fsync == [b"\0" * len(data)]  # the old file stays until the new copy is durable
     assert spool.absolute(stored.path).read_bytes() == data
     assert list((spool.root / "tmp").iterdir()) == []
+
+
+def test_series_share_bucket_folders_and_a_new_folder_has_its_parent_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    synced: list[Path] = []
+    real_fsync_dir = spool_module._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    series = [f"1.2.3.{n}" for n in range(600)]  # single-image series, as NM sends them
+    stored = [spool.store_input(b"x", "1.2.3", uid, uid + ".1", sync_dir=False) for uid in series]
+    folders = {spool.absolute(file.folder) for file in stored}
+    assert {folder.parent for folder in folders} == {spool.root / "inputs"}  # no study or series folders
+    assert 200 < len(folders) <= 256
+    # each bucket's name was made durable once, when it was made, and nothing else was synced (the files'
+    # folders are left to the group commit)
+    assert synced == [spool.root / "inputs"] * len(folders)
+    again = spool.store_input(b"y", "1.2.3", series[0], series[0] + ".2", sync_dir=False)
+    assert again.folder == stored[0].folder  # a series stays in one folder
+    assert len(synced) == len(folders)
