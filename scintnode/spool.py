@@ -39,6 +39,9 @@ class StoredFile:
         return os.path.dirname(self.path)
 
 
+_BUCKETS = frozenset(f"{n:02x}" for n in range(256))  # inputs/<first two hex digits of the series digest>
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -49,7 +52,13 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         for sub in ("inputs", "outputs", "tmp"):
             _make_durable_folder(self.root / sub)
-        self._folders: set[Path] = set()  # folders known to exist: saves a mkdir per file
+        self._buckets = self.root / "inputs"
+        # every bucket made at start, so no store waits for a folder and its parent's fsync
+        for bucket in _BUCKETS:
+            (self._buckets / bucket).mkdir(mode=DIR_MODE, exist_ok=True)
+        _fsync_dir(self._buckets)
+        # folders known to exist: saves a mkdir per file
+        self._folders: set[Path] = {self._buckets / bucket for bucket in _BUCKETS}
         self._folders_lock = threading.Lock()
         self._sequence = 0  # with the pid, names each temporary file uniquely
         self._sweep_dead_writers_parts()
@@ -66,8 +75,8 @@ class Spool:
         """Write an input durably; with sync_dir=False the caller must `sync_folders` before relying on it."""
         content = hashlib.sha256(data).hexdigest()
         series = _digest(series_uid)[:16]
-        # One of 256 bucket folders, by series: a series stays in one folder (one folder fsync per batch), and
-        # a single-image NM series costs no folder of its own (two mkdirs and their metadata, per instance).
+        # One of the 256 bucket folders, by series: a series stays in one folder (one folder fsync per batch),
+        # and a single-image NM series costs no folder of its own (two mkdirs and their metadata, per instance).
         # The content hash in the name keeps a changed re-send beside the original instead of over it.
         relative = f"inputs/{series[:2]}/{series}-{_digest(sop_uid)[:32]}-{content[:12]}.dcm"
         self._write(relative, data, sync_dir)
@@ -87,9 +96,11 @@ class Spool:
     def remove(self, relative: str) -> None:
         path = self.absolute(relative)
         path.unlink(missing_ok=True)
-        # drop emptied folders up to the stage folder, so retention leaves no husks behind
+        # drop emptied folders up to the stage folder (bucket folders stay), so retention leaves no husks
         for parent in path.parents:
-            if parent in (self.root / "inputs", self.root / "outputs", self.root):
+            if parent in (self._buckets, self.root / "outputs", self.root):
+                break
+            if parent.parent == self._buckets and parent.name in _BUCKETS:
                 break
             try:
                 parent.rmdir()

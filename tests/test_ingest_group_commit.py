@@ -300,7 +300,6 @@ def test_a_file_already_under_its_final_name_is_replaced_by_a_durable_copy_never
 def test_series_share_bucket_folders_and_a_new_folder_has_its_parent_fsynced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = Spool(tmp_path / "spool")
     synced: list[Path] = []
     real_fsync_dir = spool_module._fsync_dir
 
@@ -309,14 +308,30 @@ def test_series_share_bucket_folders_and_a_new_folder_has_its_parent_fsynced(
         real_fsync_dir(path)
 
     monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    spool = Spool(tmp_path / "spool")
+    inputs = spool.root / "inputs"
+    assert len(list(inputs.iterdir())) == 256 and synced[-1] == inputs  # the buckets' names are durable at start
+    synced.clear()
     series = [f"1.2.3.{n}" for n in range(600)]  # single-image series, as NM sends them
     stored = [spool.store_input(b"x", "1.2.3", uid, uid + ".1", sync_dir=False) for uid in series]
     folders = {spool.absolute(file.folder) for file in stored}
-    assert {folder.parent for folder in folders} == {spool.root / "inputs"}  # no study or series folders
+    assert {folder.parent for folder in folders} == {inputs}  # no study or series folders
     assert 200 < len(folders) <= 256
-    # each bucket's name was made durable once, when it was made, and nothing else was synced (the files'
-    # folders are left to the group commit)
-    assert synced == [spool.root / "inputs"] * len(folders)
+    assert synced == []  # no folder made, and the files' folders are left to the group commit
     again = spool.store_input(b"y", "1.2.3", series[0], series[0] + ".2", sync_dir=False)
     assert again.folder == stored[0].folder  # a series stays in one folder
-    assert len(synced) == len(folders)
+
+    output = spool.store_output(b"sr", "1.2.3", "1.2.3.9")  # outputs/<study>/: a new folder
+    assert synced == [spool.root / "outputs", spool.absolute(output.folder)]  # its parent first, then the file's
+
+    old_layout = inputs / "0123456789abcdef" / "fedcba9876543210"  # an earlier release's study/series folders
+    old_layout.mkdir(parents=True)
+    (old_layout / "old.dcm").write_bytes(b"z")
+    for relative in [file.path for file in stored] + [
+        again.path,
+        output.path,
+        "inputs/0123456789abcdef/fedcba9876543210/old.dcm",
+    ]:
+        spool.remove(relative)
+    assert sorted(path.name for path in inputs.iterdir()) == sorted(f"{n:02x}" for n in range(256))
+    assert not any(inputs.rglob("*.dcm")) and list((spool.root / "outputs").iterdir()) == []
