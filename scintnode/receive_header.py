@@ -94,6 +94,8 @@ def read_header(data: bytes, requested_sop_class: str, requested_sop_instance: s
                 if tag in ds and isinstance(raw := ds.get_item(tag), RawDataElement)
             }
         pixel_offset = stream.tell()
+    except Rejected:
+        raise
     except RecursionError as exc:
         raise Rejected(CANNOT_UNDERSTAND, "header cannot be decoded: sequences nested too deeply") from exc
     except MemoryError as exc:
