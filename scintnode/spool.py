@@ -52,13 +52,13 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         for sub in ("inputs", "outputs", "tmp"):
             _make_durable_folder(self.root / sub)
-        self._buckets = self.root / "inputs"
+        self._inputs = self.root / "inputs"
         # every bucket made at start, so no store waits for a folder and its parent's fsync
         for bucket in _BUCKETS:
-            (self._buckets / bucket).mkdir(mode=DIR_MODE, exist_ok=True)
-        _fsync_dir(self._buckets)
+            (self._inputs / bucket).mkdir(mode=DIR_MODE, exist_ok=True)
+        _fsync_dir(self._inputs)
         # folders known to exist: saves a mkdir per file
-        self._folders: set[Path] = {self._buckets / bucket for bucket in _BUCKETS}
+        self._folders: set[Path] = {self._inputs / bucket for bucket in _BUCKETS}
         self._folders_lock = threading.Lock()
         self._sequence = 0  # with the pid, names each temporary file uniquely
         self._sweep_dead_writers_parts()
@@ -98,9 +98,9 @@ class Spool:
         path.unlink(missing_ok=True)
         # drop emptied folders up to the stage folder (bucket folders stay), so retention leaves no husks
         for parent in path.parents:
-            if parent in (self._buckets, self.root / "outputs", self.root):
+            if parent in (self._inputs, self.root / "outputs", self.root):
                 break
-            if parent.parent == self._buckets and parent.name in _BUCKETS:
+            if parent.parent == self._inputs and parent.name in _BUCKETS:
                 break
             try:
                 parent.rmdir()
