@@ -1,31 +1,146 @@
 """Time to result: from the last instance of a study sent to its SR and SC (and SEG) stored in the PACS.
 
-A node process (`scintnode serve`, networks preloaded) and Orthanc run on free ports; each network's
-synthetic demo studies are sent one after another with DCMTK storescu, as modalities would, and the PACS
-is polled through its REST API. Prints median and 95th percentile per network, with the share of each
-job spent inside the network (from the node's own job records).
+A node process (`scintnode serve`, networks preloaded) and Orthanc run on free ports. Each network's
+synthetic demo studies are sent with DCMTK storescu in bursts: with `--senders S`, S modalities each send
+one study over their own associations at the same moment, and the next burst starts once every study of
+this one has its results. One sender is the quiet case (one study at a time); sixteen is a morning's
+backlog arriving at once, queueing for the node's single worker. A watcher follows the PACS's change log,
+so every study's clock stops when the last of its result series appears, however many are pending.
 
-    .venv/bin/python -m benchmarks.time_to_result [--per-class 3] [--network thyroid-resnet34 ...]
+Prints median, 95th percentile and maximum per network and sender count, with the job's time and the share
+spent inside the network (from the node's own job records), and the node's memory.
+
+    .venv/bin/python -m benchmarks.time_to_result [--senders 1 4 16] [--studies 12] [--network dscint ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from benchmarks.stats import quantile
 from scintnode.db import Database, Job
-from scintnode.demo import wait_for_results
 from scintnode.demo_cases import CASES, DemoStudy
 from scintnode.orthanc import OrthancServer
 from scintnode.storescu import send_files
 from tests.harness import start_node_process
+
+POLL_SECONDS = 0.02
+
+
+class ResultWatcher:
+    """Follows Orthanc's change log in a thread and notes when each study first holds a series of each
+    modality. One request per new series, not one per pending study per poll, so a burst of sixteen
+    pending studies is timed as finely as one."""
+
+    def __init__(self, pacs: OrthancServer) -> None:
+        self._pacs = pacs
+        self._since = int(pacs.get("/changes?last")["Last"])
+        self._first_seen: dict[str, dict[str, float]] = {}  # study UID -> modality -> monotonic time
+        self._study_uids: dict[str, str] = {}  # Orthanc study id -> Study Instance UID
+        self._changed = threading.Condition()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="result-watcher", daemon=True)
+        self._thread.start()
+
+    def wait(self, case: DemoStudy, deadline: float) -> float | None:
+        """When the last of the case's result series appeared (time.monotonic), or None at the deadline."""
+        with self._changed:
+            while True:
+                seen = self._first_seen.get(case.result_study_uid, {})
+                if case.result_modalities <= set(seen):
+                    return max(seen[modality] for modality in case.result_modalities)
+                if self._error is not None:
+                    raise RuntimeError(f"the PACS change log could not be read: {self._error}") from self._error
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _follow(self) -> None:
+        try:
+            self._follow_changes()
+        except BaseException as exc:  # handed to the waiting thread, which reports it
+            with self._changed:
+                self._error = exc
+                self._changed.notify_all()
+
+    def _follow_changes(self) -> None:
+        while not self._stop.is_set():
+            page = self._pacs.get(f"/changes?since={self._since}&limit=1000")
+            now = time.monotonic()
+            for change in page["Changes"]:
+                if change["ChangeType"] == "NewSeries":
+                    self._note(change["ID"], now)
+            self._since = int(page["Last"])
+            if page["Done"]:
+                self._stop.wait(POLL_SECONDS)
+
+    def _note(self, series_id: str, now: float) -> None:
+        series = self._pacs.get(f"/series/{series_id}")
+        study_id = series["ParentStudy"]
+        if study_id not in self._study_uids:
+            self._study_uids[study_id] = self._pacs.get(f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"]
+        with self._changed:
+            modalities = self._first_seen.setdefault(self._study_uids[study_id], {})
+            modalities.setdefault(series["MainDicomTags"].get("Modality", ""), now)
+            self._changed.notify_all()
+
+
+def distinct_cases(network: str, count: int, out: Path, seed: int) -> list[DemoStudy]:
+    """`count` different studies of `network` (a study sent twice would be a re-send, not a new job)."""
+    per_class = 1
+    while True:
+        cases = CASES[network](out / f"p{per_class}", per_class, seed)
+        if len(cases) >= count:
+            return cases[:count]
+        per_class = math.ceil(per_class * count / max(len(cases), 1))
+
+
+def send_burst(cases: Sequence[DemoStudy], port: int, watcher: ResultWatcher, timeout: float) -> list[float]:
+    """Each case from its own sender thread, all starting together; seconds from each case's last
+    instance sent to its results in the PACS."""
+    start = threading.Barrier(len(cases))
+    sent: list[float] = [0.0] * len(cases)
+    errors: list[BaseException] = []
+
+    def sender(index: int, case: DemoStudy) -> None:
+        try:
+            start.wait()
+            for files in case.associations:
+                send_files(list(files), "127.0.0.1", port, "SCINTNODE")
+            sent[index] = time.monotonic()
+        except BaseException as exc:  # reported by the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(i, case)) for i, case in enumerate(cases)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"a sender failed: {errors[0]}") from errors[0]
+    seconds = []
+    for case, sent_at in zip(cases, sent, strict=True):
+        stored = watcher.wait(case, sent_at + timeout)
+        if stored is None:
+            raise RuntimeError(f"{case.network}: no results for study {case.result_study_uid} in {timeout:.0f} s")
+        seconds.append(stored - sent_at)
+    return seconds
 
 
 def _memory_mb(pid: int, field: str) -> float:
@@ -35,62 +150,83 @@ def _memory_mb(pid: int, field: str) -> float:
     return 0.0
 
 
+def _jobs_after(db: Database, network: str, after_id: int) -> list[tuple[float, float]]:
+    """(network ms, job ms) of the finished jobs of `network` with an id above `after_id`."""
+    with db.session() as session:
+        jobs = session.scalars(select(Job).where(Job.network == network, Job.state == "done", Job.id > after_id)).all()
+        return [(j.inference_ms, j.result["total_ms"]) for j in jobs if j.inference_ms and j.result]
+
+
+def _last_job_id(db: Database) -> int:
+    with db.session() as session:
+        return int(session.scalar(select(func.max(Job.id))) or 0)
+
+
+def _node_config(workdir: Path, pacs: OrthancServer) -> Path:
+    config = workdir / "node.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "node": {"port": 0, "bind_address": "127.0.0.1"},
+                "storage": {"root": str(workdir / "node")},
+                "completion": {"release_quiet_seconds": 0.5},
+                "dispatch": {"poll_seconds": 0.5},
+                "http": {"port": 0},
+                "preload_networks": True,
+                "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}},
+            }
+        )
+    )
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-class", type=int, default=3)
+    parser.add_argument("--senders", type=int, nargs="+", default=[1], help="modalities sending at once")
+    parser.add_argument(
+        "--studies", type=int, default=12, help="studies per network and sender count (at least one burst)"
+    )
     parser.add_argument("--network", action="append", choices=sorted(CASES))
     parser.add_argument("--seed", type=int, default=99)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one study's results")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="scintnode-ttr-"))
     with OrthancServer(workdir / "pacs") as pacs:
-        config = workdir / "node.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "node": {"port": 0, "bind_address": "127.0.0.1"},
-                    "storage": {"root": str(workdir / "node")},
-                    "completion": {"release_quiet_seconds": 0.5},
-                    "dispatch": {"poll_seconds": 0.5},
-                    "http": {"port": 0},
-                    "preload_networks": True,
-                    "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}},
-                }
-            )
-        )
-        process, port = start_node_process(config, workdir / "node.log")
+        process, port = start_node_process(_node_config(workdir, pacs), workdir / "node.log")
+        watcher = ResultWatcher(pacs)
+        db = Database(f"sqlite:///{workdir / 'node' / 'index.db'}")
         try:
-            idle = _memory_mb(process.pid, "VmRSS")
-            print(f"node RSS, idle with every network loaded: {idle:.0f} MB")
+            print(f"node RSS, idle with every network loaded: {_memory_mb(process.pid, 'VmRSS'):.0f} MB")
             print(
-                "| network | studies | time to result median s | p95 s | job median ms | network median ms "
-                "| share outside the network |"
+                "| network | senders | studies | time to result median s | p95 s | max s | job median ms "
+                "| network median ms | share outside the network |"
             )
-            print("|---|---:|---:|---:|---:|---:|---:|")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for network in args.network or sorted(CASES):
-                cases: list[DemoStudy] = CASES[network](workdir / "studies" / network, args.per_class, args.seed)
-                seconds: list[float] = []
-                for case in cases:
-                    for files in case.associations:
-                        send_files(list(files), "127.0.0.1", port, "SCINTNODE")
-                    sent = time.monotonic()
-                    if wait_for_results(pacs, case, sent + 300) is None:
-                        raise RuntimeError(f"{network}: no results for study {case.result_study_uid}")
-                    seconds.append(time.monotonic() - sent)
-                db = Database(f"sqlite:///{workdir / 'node' / 'index.db'}")
-                with db.session() as session:
-                    jobs = session.scalars(select(Job).where(Job.network == network, Job.state == "done")).all()
-                    timed = [(j.inference_ms, j.result["total_ms"]) for j in jobs if j.inference_ms and j.result]
-                db.dispose()
-                total = statistics.median(t for _, t in timed) if timed else float("nan")
-                inside = statistics.median(i for i, _ in timed) if timed else float("nan")
-                outside = statistics.median(1 - i / t for i, t in timed) if timed else float("nan")
-                print(
-                    f"| {network} | {len(seconds)} | {statistics.median(seconds):.2f} | "
-                    f"{quantile(seconds, 0.95):.2f} | {total:.0f} | {inside:.0f} | {outside:.0%} |",
-                    flush=True,
-                )
+                for senders in args.senders:
+                    bursts = math.ceil(args.studies / senders)
+                    out = workdir / "studies" / f"{network}-{senders}"
+                    cases = distinct_cases(network, bursts * senders, out, args.seed + senders)
+                    before = _last_job_id(db)
+                    seconds: list[float] = []
+                    for burst in range(bursts):
+                        seconds += send_burst(
+                            cases[burst * senders : (burst + 1) * senders], port, watcher, args.timeout
+                        )
+                    timed = _jobs_after(db, network, before)
+                    total = statistics.median(t for _, t in timed) if timed else math.nan
+                    inside = statistics.median(i for i, _ in timed) if timed else math.nan
+                    outside = statistics.median(1 - i / t for i, t in timed) if timed else math.nan
+                    print(
+                        f"| {network} | {senders} | {len(seconds)} | {statistics.median(seconds):.2f} | "
+                        f"{quantile(seconds, 0.95):.2f} | {max(seconds):.2f} | {total:.0f} | {inside:.0f} | "
+                        f"{outside:.0%} |",
+                        flush=True,
+                    )
             print(f"node peak RSS under this load: {_memory_mb(process.pid, 'VmHWM'):.0f} MB")
         finally:
+            watcher.close()
+            db.dispose()
             process.terminate()
             process.wait(timeout=60)
     return 0

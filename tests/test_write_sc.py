@@ -77,9 +77,7 @@ def test_text_names_class_score_and_caveats(source: Dataset) -> None:
     assert lines[0] == "Graves' disease: 81.2%"
     assert any("AI result, unverified" in line for line in lines)
     assert any("synthetic-trained model" in line for line in lines)
-    assert not any(
-        "synthetic" in line for line in overlay_lines(thyroid_finding([source], synthetic=False), 1)
-    )
+    assert not any("synthetic" in line for line in overlay_lines(thyroid_finding([source], synthetic=False), 1))
     sc = build_heatmap_sc(thyroid_finding([source]), [source], 0)
     banner = sc.pixel_array[: sc.Rows - 128 * SCALE]
     assert (banner == 255).all(axis=2).sum() > 500  # white text was drawn
@@ -116,8 +114,16 @@ def test_bad_requests_get_a_clear_message(source: Dataset) -> None:
 
 
 def test_render_overlay_scales_small_images_and_survives_non_ascii_text() -> None:
-    picture = render_overlay(
-        np.full((64, 32), 0.5), np.zeros((64, 32)), ["Basedow\u2019s disease \u2014 92 %"]
-    )
+    picture = render_overlay(np.full((64, 32), 0.5), np.zeros((64, 32)), ["Basedow\u2019s disease \u2014 92 %"])
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
     assert picture.shape[1] == MIN_WIDTH_PX and picture.shape[0] > 64 * MIN_WIDTH_PX // 32
+    body = picture[-64 * MIN_WIDTH_PX // 32 :]
+    assert (body == 128).all()  # no heat: the grey image (0.5 of full scale) exactly as it was
+
+
+def test_a_fully_hot_pixel_keeps_forty_percent_of_the_grey_under_the_colour() -> None:
+    black = render_overlay(np.zeros((16, 16)), np.ones((16, 16)), ["x"])[-16 * 32 :]
+    white = render_overlay(np.ones((16, 16)), np.ones((16, 16)), ["x"])[-16 * 32 :]
+    # the hottest jet colour is RGB (128, 0, 0); 60 % of it over black, and over white 40 % of 255 added
+    assert (black == (77, 0, 0)).all()
+    assert (white == (179, 102, 102)).all()
