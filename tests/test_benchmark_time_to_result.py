@@ -1,0 +1,62 @@
+"""The time-to-result benchmark's clock: the watcher stops a study's clock only when the last of its result
+series is in the PACS (real Orthanc), and a burst gets different studies, not one study sent twice."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from benchmarks.time_to_result import ResultWatcher, distinct_cases
+from scintnode.demo_cases import DemoStudy
+from scintnode.orthanc import OrthancServer
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+pytestmark = pytest.mark.e2e
+
+
+def _upload(pacs: OrthancServer, study_uid: str, modality: str, sop_class: str) -> None:
+    ds = Dataset()
+    ds.PatientID, ds.PatientName = "TTR-WATCH", "Watcher^Test"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, generate_uid(), generate_uid()
+    ds.SOPClassUID, ds.Modality = sop_class, modality
+    ds.file_meta = Dataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    request = urllib.request.Request(f"{pacs.url}/instances", data=buffer.getvalue(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_a_study_is_timed_when_the_last_of_its_result_series_arrives(tmp_path: Path) -> None:
+    with OrthancServer(tmp_path / "pacs") as pacs:
+        _upload(pacs, generate_uid(), "SR", COMPREHENSIVE_3D_SR)  # before the watcher: not this run's
+        watcher = ResultWatcher(pacs)
+        try:
+            study = generate_uid()
+            case = DemoStudy("thyroid-resnet34", (), study, "normal", frozenset({"SR", "OT"}))
+            assert watcher.wait(case, time.monotonic() + 0.3) is None
+            _upload(pacs, study, "SR", COMPREHENSIVE_3D_SR)
+            _upload(pacs, generate_uid(), "OT", SECONDARY_CAPTURE)  # another study's SC does not count
+            assert watcher.wait(case, time.monotonic() + 0.5) is None
+            before_sc = time.monotonic()
+            _upload(pacs, study, "OT", SECONDARY_CAPTURE)
+            stored = watcher.wait(case, time.monotonic() + 10)
+            assert stored is not None and stored >= before_sc
+        finally:
+            watcher.close()
+
+
+def test_a_burst_gets_as_many_different_studies_as_it_asks_for(tmp_path: Path) -> None:
+    cases = distinct_cases("thyroid-resnet34", 9, tmp_path, seed=5)
+    assert len(cases) == 9
+    assert len({case.result_study_uid for case in cases}) == 9
+    assert all(path.is_file() for case in cases for files in case.associations for path in files)
