@@ -104,7 +104,7 @@ def paper_size_networks() -> dict[str, tuple[str, Network]]:
     untrained = "untrained"
     full = paranet.find_variant("paranet")
     return {
-        # Paper 002 does not state its input; 224 px is the ResNet-34 it names, as published.
+        # Paper 002 does not state its input size; 224 px is the standard input of the ResNet-34 it names.
         "thyroid-resnet34": (
             "thyroid-resnet34 at 224 px, untrained",
             thyroid.ThyroidNetwork(thyroid.ThyroidResNet34(), thyroid.model_spec(untrained, untrained), 224),
