@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from benchmarks.time_to_result import ResultWatcher, distinct_cases
 from scintnode.demo_cases import DemoStudy
 from scintnode.orthanc import OrthancServer
-
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 pytestmark = pytest.mark.e2e
 
@@ -38,17 +40,17 @@ def _upload(pacs: OrthancServer, study_uid: str, modality: str, sop_class: str) 
 
 def test_a_study_is_timed_when_the_last_of_its_result_series_arrives(tmp_path: Path) -> None:
     with OrthancServer(tmp_path / "pacs") as pacs:
-        _upload(pacs, generate_uid(), "SR", COMPREHENSIVE_3D_SR)  # before the watcher: not this run's
+        _upload(pacs, generate_uid(), "SR", Comprehensive3DSRStorage)  # before the watcher: not this run's
         watcher = ResultWatcher(pacs)
         try:
             study = generate_uid()
             case = DemoStudy("thyroid-resnet34", (), study, "normal", frozenset({"SR", "OT"}))
             assert watcher.wait(case, time.monotonic() + 0.3) is None
-            _upload(pacs, study, "SR", COMPREHENSIVE_3D_SR)
-            _upload(pacs, generate_uid(), "OT", SECONDARY_CAPTURE)  # another study's SC does not count
+            _upload(pacs, study, "SR", Comprehensive3DSRStorage)
+            _upload(pacs, generate_uid(), "OT", SecondaryCaptureImageStorage)  # another study's SC does not count
             assert watcher.wait(case, time.monotonic() + 0.5) is None
             before_sc = time.monotonic()
-            _upload(pacs, study, "OT", SECONDARY_CAPTURE)
+            _upload(pacs, study, "OT", SecondaryCaptureImageStorage)
             stored = watcher.wait(case, time.monotonic() + 10)
             assert stored is not None and stored >= before_sc
         finally:
