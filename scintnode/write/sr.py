@@ -33,6 +33,7 @@ from pydicom.uid import generate_uid
 import scintnode
 from scintnode.finding import Finding, Hotspot
 from scintnode.models.spec import Code, ModelSpec
+from scintnode.write.sr_document import PreliminaryComprehensive3DSR
 
 SR_SERIES_NUMBER = 9001
 MANUFACTURER = "scintnode"
@@ -54,12 +55,32 @@ def build_report(
     """The SR for ``finding``, placed in the study of ``sources[0]`` (PRELIMINARY, UNVERIFIED).
 
     ``other_evidence``: images the result draws on that are not network inputs (typically from other
-    studies); highdicom files every evidence item by study: the study of ``sources[0]`` goes to Current
+    studies); every evidence item is filed by study: the study of ``sources[0]`` goes to Current
     Requested Procedure Evidence, any other study to Pertinent Other Evidence. ``predecessors``: earlier SRs
     this one supersedes (Predecessor Documents Sequence). ``segmentation``: the SEG written from
     ``finding.volume``; each region gets a TID 1411 group referencing its segment, and the SEG is evidence.
     """
     check_inputs(finding, sources)
+    report = measurement_report(finding, sources, segmentation)
+    return PreliminaryComprehensive3DSR(
+        [*sources, *other_evidence, *([segmentation] if segmentation is not None else [])],
+        report,
+        series_instance_uid=series_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        previous_versions=predecessors,
+        contributing_equipment=[contributing_equipment(finding.model)],
+        series_description=series_description("AI report", finding.model),
+    )
+
+
+def measurement_report(
+    finding: Finding, sources: Sequence[Dataset], segmentation: Dataset | None = None
+) -> hd.sr.MeasurementReport:
+    """The TID 1500 content tree for ``finding``, laid out as this module's docstring says (``check_inputs``
+    first: this trusts its arguments)."""
     model = finding.model
     algorithm = algorithm_identification(model)
     predicted = model.label(finding.predicted)
@@ -84,7 +105,7 @@ def build_report(
         _hotspot_group(finding, number, hotspot, sources[hotspot.source_index], site, algorithm)
         for number, hotspot in enumerate(finding.hotspots, start=1)
     ]
-    report = hd.sr.MeasurementReport(
+    return hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(
                 observer_type=codes.DCM.Device,
@@ -99,21 +120,6 @@ def build_report(
         procedure_reported=_concept(model.procedure),
         imaging_measurements=[classification, *hotspot_groups, *_segment_groups(finding, segmentation, algorithm)],
         referenced_images=[source for _, source in referenced],
-    )
-    return hd.sr.Comprehensive3DSR(
-        evidence=[*sources, *other_evidence, *([segmentation] if segmentation is not None else [])],
-        content=report,
-        series_instance_uid=series_uid or generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        previous_versions=list(predecessors) or None,
-        contributing_equipment=[contributing_equipment(model)],
-        series_description=series_description("AI report", model),
     )
 
 
