@@ -194,9 +194,9 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ct", type=int, default=300)
-    parser.add_argument("--nm", type=int, default=300)
-    parser.add_argument("--wb", type=int, default=20)
+    parser.add_argument("--ct", type=int, default=300, help="CT instances (0 leaves the set out)")
+    parser.add_argument("--nm", type=int, default=300, help="NM instances (0 leaves the set out)")
+    parser.add_argument("--wb", type=int, default=20, help="whole-body NM instances (0 leaves the set out)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per cell; the median is reported")
     parser.add_argument("--receivers", default="dcmtk,orthanc,scintnode")
     parser.add_argument(
@@ -210,11 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     workdir = Path(tempfile.mkdtemp(prefix="scintnode-bench-"))
     print(f"writing synthetic sets under {workdir} ...", flush=True)
-    sets = {
-        "ct 512x512": write_ct(workdir / "sets" / "ct", args.ct),
-        "nm 256x256": write_nm(workdir / "sets" / "nm", args.nm),
-        "wb nm 2x1024x256": write_nm(workdir / "sets" / "wb", args.wb, whole_body=True),
-    }
+    sets = {}  # a count of 0 leaves its set out
+    if args.ct:
+        sets["ct 512x512"] = write_ct(workdir / "sets" / "ct", args.ct)
+    if args.nm:
+        sets["nm 256x256"] = write_nm(workdir / "sets" / "nm", args.nm)
+    if args.wb:
+        sets["wb nm 2x1024x256"] = write_nm(workdir / "sets" / "wb", args.wb, whole_body=True)
     rows: list[Row] = []
     for dataset, files in sets.items():
         for associations in (int(a) for a in args.associations.split(",")):
