@@ -4,7 +4,7 @@ highdicom's `Comprehensive3DSR` constructor writes the tree it is given into the
 besides deep-copies it and converts the copy back into its own classes (for its ``content`` property,
 which nothing here reads), then searches the tree twice for image references, building and validating a
 highdicom ContentItem per node on each pass. For a thyroid report that was 17 of the 19 ms the constructor
-took, more than the network's own forward pass. `PreliminaryComprehensive3DSR` fills the same modules
+took, about as long as the thyroid network itself. `PreliminaryComprehensive3DSR` fills the same modules
 through highdicom's documented extension point (`highdicom.SOPClass`, its patient and study copying, its
 Contributing Equipment) and finds the references with plain attribute reads.
 `tests/test_write_sr_document.py` requires its output to equal the constructor's, element by element.
