@@ -18,7 +18,7 @@ from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipmen
 from scintnode.write.sr_document import PreliminaryComprehensive3DSR
 from tests.test_ct_outputs import FixedMask, phases  # noqa: F401  (phases is a fixture)
 from tests.test_nm_header import study, thyroid_source
-from tests.test_write_sr import round_trip, thyroid_finding
+from tests.test_write_sr import round_trip, thyroid_finding, thyroid_model
 
 _MOMENTS = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
 
@@ -33,19 +33,23 @@ def _comparable(document: Dataset) -> dict[str, Any]:
     return {"file_meta": written.file_meta.to_json_dict(), "data_set": written.to_json_dict()}
 
 
-def _both(
-    evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, predecessors: Sequence[Dataset] = ()
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    model = thyroid_finding([thyroid_source()]).model
-    shared: dict[str, Any] = {
+def _placement(description: str, instance_number: int = 1) -> dict[str, Any]:
+    """The document's own series, instance and description arguments, with fresh UIDs."""
+    return {
         "series_instance_uid": generate_uid(),
         "series_number": 9001,
         "sop_instance_uid": generate_uid(),
-        "instance_number": 3,
+        "instance_number": instance_number,
         "manufacturer": MANUFACTURER,
-        "series_description": "AI report (unverified) - test",
-        "contributing_equipment": [contributing_equipment(model)],
+        "series_description": description,
     }
+
+
+def _both(
+    evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, predecessors: Sequence[Dataset] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    shared = _placement("AI report (unverified) - test", instance_number=3)
+    shared["contributing_equipment"] = [contributing_equipment(thyroid_model())]
     library = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
@@ -79,12 +83,7 @@ def test_evidence_from_other_studies_predecessors_and_repeats_equal_highdicoms()
         PreliminaryComprehensive3DSR(
             [current],
             measurement_report(thyroid_finding([current]), [current]),
-            series_instance_uid=generate_uid(),
-            series_number=9001,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            series_description="earlier",
+            **_placement("earlier"),
         )
     )
     library, ours = _both(
@@ -122,10 +121,5 @@ def test_a_referenced_image_missing_from_the_evidence_is_refused() -> None:
         PreliminaryComprehensive3DSR(
             [stranger],
             measurement_report(finding, [source]),
-            series_instance_uid=generate_uid(),
-            series_number=9001,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            series_description="x",
+            **_placement("x"),
         )
