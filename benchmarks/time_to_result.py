@@ -8,7 +8,8 @@ backlog arriving at once, queueing for the node's single worker. A watcher follo
 so every study's clock stops when the last of its result series appears, however many are pending.
 
 Prints median, 95th percentile and maximum per network and sender count, with the job's time and the share
-spent inside the network (from the node's own job records), and the node's memory.
+spent outside the network's forward pass (decode, preprocessing, Grad-CAM, writing DICOM; from the node's own
+job records), and the node's memory.
 
     .venv/bin/python -m benchmarks.time_to_result [--senders 1 4 16] [--studies 12] [--network dscint ...]
 """

@@ -83,7 +83,8 @@ class Finding:
     display_images: tuple[np.ndarray, ...] = field(default=())
     heatmaps: tuple[np.ndarray, ...] = field(default=())
     source_frames: tuple[int, ...] = field(default=())  # 1-based frame shown, per source
-    inference_ms: float = 0.0
+    inference_ms: float = 0.0  # the network's forward pass(es), as the network timed them
+    explain_ms: float = 0.0  # its Grad-CAM, timed apart: outside the network in issue 10's accounting
     # Every frame the network used, when a source shows more than one (write/sc.py puts a source's panels
     # side by side in its SC); display_images/heatmaps above still hold each source's first panel.
     panels: tuple[Panel, ...] = field(default=())

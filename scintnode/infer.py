@@ -29,9 +29,10 @@ class InputError(ValueError):
 class JobResult:
     finding: Finding
     outputs: tuple[tuple[str, Dataset], ...]  # (kind, dataset) in the order they should be sent
-    inference_ms: float  # what the network timed itself: its forward pass and Grad-CAM
+    inference_ms: float  # what the network timed itself: its forward pass(es)
+    explain_ms: float  # its Grad-CAM
     total_ms: float
-    writing_ms: float  # building the SR, SC and SEG datasets; the rest of total is decode and preprocessing
+    writing_ms: float  # building the SR, SC and SEG datasets; the rest is decode, pre- and postprocessing
 
 
 def run_network(
@@ -84,6 +85,7 @@ def run_network(
         finding,
         tuple(built),
         finding.inference_ms,
+        finding.explain_ms,
         (finished - started) * 1000,
         (finished - writing_started) * 1000,
     )

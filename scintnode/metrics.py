@@ -31,7 +31,7 @@ class Metrics:
         )
         self.inference = Histogram(
             "scintnode_inference_seconds",
-            "Time inside the network per job",
+            "Time inside the network per job: its forward pass(es), without Grad-CAM",
             ["network"],
             registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),

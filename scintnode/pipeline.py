@@ -335,6 +335,7 @@ class Pipeline:
                     {"source": h.source_index, "frame": h.frame, "column": h.column, "row": h.row, "score": h.score}
                     for h in finding.hotspots
                 ],
+                "explain_ms": result.explain_ms,
                 "total_ms": result.total_ms,
                 "writing_ms": result.writing_ms,
             }
@@ -349,6 +350,7 @@ class Pipeline:
                 weights_sha256=spec.weights_sha256,
                 predicted=finding.predicted,
                 inference_ms=round(result.inference_ms, 1),
+                explain_ms=round(result.explain_ms, 1),
                 total_ms=round(result.total_ms, 1),
                 writing_ms=round(result.writing_ms, 1),
             )
@@ -364,11 +366,12 @@ class Pipeline:
             self.metrics.job_total.labels(network_name).observe(result.total_ms / 1000)
             self.metrics.jobs.labels(network_name, "done").inc()
         log.info(
-            "job %d (%s) done: %s, inference %.0f ms, total %.0f ms",
+            "job %d (%s) done: %s, network %.0f ms, Grad-CAM %.0f ms, total %.0f ms",
             job_id,
             network_name,
             finding.predicted,
             result.inference_ms,
+            result.explain_ms,
             result.total_ms,
         )
         return True

@@ -87,12 +87,46 @@ def test_works_under_no_grad_and_with_frozen_parameters() -> None:
     assert _peak(result.maps[0]) == (2, 6)
 
 
+def test_one_forward_pass_explains_every_target_layer_as_separate_passes_would() -> None:
+    torch.manual_seed(3)
+    model = resnet18(num_classes=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    layers = ["layer3", "layer4"]
+    with ClassActivationMap(model, layers) as cam:
+        logits = cam.forward(x)
+        together = cam.explain(class_index=2)
+    for layer in layers:
+        with ClassActivationMap(model, layer) as cam:
+            alone = cam(x, class_index=2)
+        np.testing.assert_allclose(together.layer_maps[layer], alone.maps, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(alone.logits, logits)
+    assert together.maps is together.layer_maps["layer3"]
+
+
+def test_parameters_are_frozen_only_inside_the_block_and_in_place_ops_after_the_layer_work() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.zeros(1, 1, 6, 6))  # materialise the lazy layer
+    model[3].bias.requires_grad_(False)  # a parameter frozen by its owner stays frozen
+    with ClassActivationMap(model, "0") as cam:
+        assert not any(p.requires_grad for p in model.parameters())
+        result = cam(torch.rand(1, 1, 6, 6))
+    assert result.maps.shape == (1, 6, 6)
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]
+
+
 def test_misuse_is_refused_clearly() -> None:
     model = BlobDetector()
     with pytest.raises(ValueError, match="no layer named 'layer9'"):
         ClassActivationMap(model, "layer9")
     with pytest.raises(RuntimeError, match="inside a `with` block"):
         ClassActivationMap(model, "features")(torch.zeros(1, 1, 8, 8))
+    with ClassActivationMap(model, "features") as cam:
+        with pytest.raises(RuntimeError, match="before explain"):
+            cam.explain()
+        cam.forward(torch.zeros(1, 1, 8, 8))
+        cam.explain()
+        with pytest.raises(RuntimeError, match="explained once"):
+            cam.explain()
 
 
 def test_to_grid_resizes_and_scales() -> None:

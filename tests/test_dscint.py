@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
@@ -274,6 +277,7 @@ def test_run_gives_one_finding_with_a_panel_per_view(small_network: net.DscintNe
         assert float(panel.heatmap.min()) >= 0.0 and float(panel.heatmap.max()) <= 1.0
     assert finding.source_frames == (1,) and len(finding.heatmaps) == 1
     assert sum(len(m._forward_hooks) for m in small_network.model.modules()) == 0
+    assert finding.inference_ms > 0 and finding.explain_ms > 0  # the forward pass and Grad-CAM, timed apart
     mirrored = small_network.run([whole_body(pair[:1], ("anterior",))])
     assert [p.caption for p in mirrored.panels] == ["Anterior (posterior missing: mirrored for the network)"]
 
@@ -300,3 +304,18 @@ def test_committed_weights_classify_fresh_synthetic_phantoms() -> None:
     samples = phantoms.generate(3, seed=515151)
     right = sum(network.run([whole_body(np.stack([p.anterior, p.posterior]))]).predicted == p.label for p in samples)
     assert right / len(samples) > 0.25 + 0.15  # chance is 0.25 with four balanced classes
+
+
+@given(
+    arrays(np.float64, st.integers(1, 400), elements=st.floats(-1e6, 1e6, allow_nan=False)),
+    st.floats(0.0, 100.0),
+)
+@settings(max_examples=300, deadline=None)
+def test_high_percentile_is_numpys_linear_percentile(values: np.ndarray, q: float) -> None:
+    assert net.high_percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-9, abs=1e-6)
+
+
+def test_high_percentile_of_a_whole_body_view_in_float32() -> None:
+    view = np.random.default_rng(4).poisson(8, (1024, 256)).astype(np.float32)
+    for q in (50.0, 99.5, 100.0):
+        assert net.high_percentile(view, q) == pytest.approx(float(np.percentile(view, q)), rel=1e-6)

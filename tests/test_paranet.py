@@ -190,6 +190,7 @@ def test_network_needs_an_episode_with_early_and_late() -> None:
         network.run_episode(["early", "late", "ct"], [image, image, image])
     finding = network.run_episode(["late", "early"], [image, image])  # no thyroid scan: zeros on its path
     assert set(finding.probabilities) == {"normal", "abnormal"} and len(finding.heatmaps) == 2
+    assert finding.inference_ms > 0 and finding.explain_ms > 0  # the forward pass and Grad-CAM, timed apart
 
 
 def test_site_of_a_point_follows_the_anterior_view_and_the_thyroid() -> None:

@@ -240,14 +240,14 @@ class CTParathyroidNetwork:
                     f"{NAME} needs the {slot} CT series; the episode has none (slots: {sorted(set(slots))})"
                 )
         phases = {slot: assemble_volume(datasets) for slot, datasets in members.items()}
-        started = time.perf_counter()
         reference = phases["unenhanced"]
         grid = Grid.over(reference, GRID_MM)
         channels = network_input(resample_to_grid(reference, grid), resample_to_grid(phases["enhanced"], grid))
         with self._lock:
+            started = time.perf_counter()
             on_grid = predict_probability(self.model, channels, self.window_voxels)
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
         detection = detect(grid_to_slices(on_grid, grid, reference), _voxel_mm3(reference))
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
         return self._finding(reference, detection, float(on_grid.max()), elapsed_ms)
 
     def _finding(self, reference: CTVolume, detection: Detection, peak: float, elapsed_ms: float) -> Finding:

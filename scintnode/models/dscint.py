@@ -162,10 +162,26 @@ def probabilities(logits: Tensor) -> Tensor:
 
 def scale_counts(counts: np.ndarray) -> np.ndarray:
     """Counts to 0..1 by the image's INTENSITY_PERCENTILE (hotter pixels saturate)."""
-    scale = float(np.percentile(counts, INTENSITY_PERCENTILE))
+    scale = high_percentile(counts, INTENSITY_PERCENTILE)
     if scale <= 0:
         scale = max(float(counts.max()), 1.0)
     return np.clip(counts / scale, 0.0, 1.0).astype(np.float32)
+
+
+def high_percentile(values: np.ndarray, q: float) -> float:
+    """`np.percentile(values, q)` (its linear method) with one partition instead of np.percentile's 2.6 ms on a
+    1024x256 view, paid four times a job: the upper order statistic by partition, the lower one as the
+    largest value below it."""
+    flat = np.asarray(values).ravel()
+    position = q / 100.0 * (flat.size - 1)
+    low = int(position)
+    high = min(low + 1, flat.size - 1)
+    ordered = np.partition(flat, high)
+    upper = float(ordered[high])
+    lower = float(ordered[:high].max()) if high > low else upper
+    fraction = position - low
+    # numpy's lerp: from the nearer end, so q = 100 gives the maximum exactly
+    return lower + (upper - lower) * fraction if fraction < 0.5 else upper - (upper - lower) * (1.0 - fraction)
 
 
 def network_image(upright_counts: np.ndarray, input_shape: tuple[int, int] = INPUT_SHAPE) -> np.ndarray:
@@ -268,14 +284,13 @@ class DscintNetwork:
         """As `run`, for single-view objects an episode paired; its slot names are views ("anterior", ...)."""
         passes = view_passes(sources, self.model.input_shape, slots)
         x = to_network_input(np.stack([p.image for p in passes]))
-        started = time.perf_counter()
-        with self._lock:
-            with torch.no_grad():
-                probs = probabilities(self.model(x)).mean(dim=0)
+        with self._lock, ClassActivationMap(self.model, CAM_LAYER) as cam:
+            started = time.perf_counter()
+            probs = probabilities(cam.forward(x)).mean(dim=0)
             predicted_index = int(probs.argmax())
-            with ClassActivationMap(self.model, CAM_LAYER) as cam:
-                result = cam(x, class_index=predicted_index)
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
+            explaining = time.perf_counter()
+            result = cam.explain(predicted_index)
+            explained = time.perf_counter()
         real = [(p, cam_map) for p, cam_map in zip(passes, result.maps, strict=True) if not p.mirrored]
         heatmaps = [_to_frame(cam_map, p.frame) for p, cam_map in real]
         peak = max(float(h.max()) for h in heatmaps)
@@ -292,7 +307,8 @@ class DscintNetwork:
             display_images=tuple(_first_panel(panels, i, sources[i]).display for i in range(len(sources))),
             heatmaps=tuple(_first_panel(panels, i, sources[i]).heatmap for i in range(len(sources))),
             source_frames=tuple(_first_panel(panels, i, sources[i]).frame for i in range(len(sources))),
-            inference_ms=elapsed_ms,
+            inference_ms=(explaining - started) * 1000.0,
+            explain_ms=(explained - explaining) * 1000.0,
             panels=panels,
         )
 
