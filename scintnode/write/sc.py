@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from scintnode.finding import Finding
 from scintnode.phantoms.nm import VIEWS
+from scintnode.write.equipment import acquisition_first
 from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
 
@@ -81,8 +82,20 @@ def build_heatmap_sc(
         )
         orientation = patient_orientation(source, frame)
     model = finding.model
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=sources[0],
+    first = sources[0]
+    # SCImage.from_ref_dataset's copying, without its scan of highdicom's IOD tables (write/equipment.py)
+    sc = hd.sc.SCImage(
+        study_instance_uid=first.StudyInstanceUID,
+        patient_id=first.get("PatientID"),
+        patient_name=first.get("PatientName"),
+        patient_birth_date=first.get("PatientBirthDate"),
+        patient_sex=first.get("PatientSex"),
+        accession_number=first.get("AccessionNumber"),
+        study_id=first.get("StudyID"),
+        study_date=first.get("StudyDate"),
+        study_time=first.get("StudyTime"),
+        referring_physician_name=first.get("ReferringPhysicianName"),
+        specific_character_set=first.get("SpecificCharacterSet"),
         pixel_array=picture,
         photometric_interpretation="RGB",
         bits_allocated=8,
@@ -98,7 +111,7 @@ def build_heatmap_sc(
         patient_orientation=("L", "F"),
         series_description=series_description("AI heatmap", model),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[contributing_equipment(model)],
+        contributing_equipment=acquisition_first(first, [contributing_equipment(model)]),
     )
     sc.PatientOrientation = list(orientation) if orientation else None
     reference = Dataset()

@@ -6,7 +6,8 @@ which nothing here reads), then searches the tree twice for image references, bu
 highdicom ContentItem per node on each pass. For a thyroid report that was 17 of the 19 ms the constructor
 took, about as long as the thyroid network itself. `PreliminaryComprehensive3DSR` fills the same modules
 through highdicom's documented extension point (`highdicom.SOPClass`, its patient and study copying, its
-Contributing Equipment) and finds the references with plain attribute reads.
+Contributing Equipment, with the camera's entry from write/equipment.py) and finds the references with plain
+attribute reads.
 `tests/test_write_sr_document.py` requires its output to equal the constructor's, element by element.
 """
 
@@ -17,6 +18,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
+
+from scintnode.write.equipment import acquisition_first
 
 _REFERENCING_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE"})
 
@@ -86,7 +89,7 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
         self.PerformedProcedureCodeSequence: list[Dataset] = []
         self.ReferencedPerformedProcedureStepSequence: list[Dataset] = []
         self.copy_patient_and_study_information(first)
-        self._add_contributing_equipment(contributing_equipment, first)
+        self._add_contributing_equipment(acquisition_first(first, contributing_equipment))
 
 
 def referenced_instance_uids(node: Dataset) -> Iterator[str]:
