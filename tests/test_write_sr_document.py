@@ -14,7 +14,8 @@ from pydicom.uid import generate_uid
 
 from scintnode.finding import Hotspot
 from scintnode.write.seg import build_segmentation
-from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, measurement_report
+from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment
+from scintnode.write.sr_content import measurement_report
 from scintnode.write.sr_document import PreliminaryComprehensive3DSR
 from tests.test_ct_outputs import FixedMask, phases  # noqa: F401  (phases is a fixture)
 from tests.test_nm_header import study, thyroid_source
@@ -46,13 +47,13 @@ def _placement(description: str, instance_number: int = 1) -> dict[str, Any]:
 
 
 def _both(
-    evidence: Sequence[Dataset], report: hd.sr.MeasurementReport, predecessors: Sequence[Dataset] = ()
+    evidence: Sequence[Dataset], report: Sequence[Dataset], predecessors: Sequence[Dataset] = ()
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     shared = _placement("AI report (unverified) - test", instance_number=3)
     shared["contributing_equipment"] = [contributing_equipment(thyroid_model())]
     library = hd.sr.Comprehensive3DSR(
         evidence=evidence,
-        content=report,
+        content=report[0],  # the root container: highdicom takes a Dataset or a pydicom Sequence, not a list
         is_complete=True,
         is_final=False,
         is_verified=False,

@@ -1,6 +1,7 @@
 """Writes a Finding as a Comprehensive 3D SR (TID 1500) that goes back to PACS beside the heatmap SC.
 
 Input: the Finding infer produced and the source datasets it was computed on; output: a pydicom Dataset.
+sr_content.py builds the content tree, sr_document.py the document around it.
 
 Document layout (dsrdump reads it top-down):
 
@@ -13,7 +14,11 @@ Document layout (dsrdump reads it top-down):
   ``CODE (121071, DCM, "Finding") = <that class's code>``, so each probability reads
   "Probability 87.5 %, Finding: Graves disease". The unit is UCUM "%" (0-100) because viewers print it.
 - One TID 1410 group per Grad-CAM hot spot: a POINT on the source image and frame, the predicted class as
-  Finding, and its probability (the only text OHIF draws beside a point).
+  Finding, and its probability (the only text OHIF draws beside a point). Its Finding Site is the organ, or
+  the site the network gave the point (e.g. a parathyroid gland's side and level).
+- With a SEG, one TID 1411 group per region of the mask: its segment (same Tracking UID as in the SEG) and
+  source series, the predicted class, the organ with the region's side as laterality, its volume in mm3
+  and probability.
 
 The algorithm (TID 4019) is named after the registry name, with " (synthetic-trained)" appended when the
 weights were trained on synthetic data; its parameters are "weights-sha256=<hex>" and, when synthetic,
@@ -31,12 +36,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import scintnode
-from scintnode.finding import Finding, Hotspot
-from scintnode.models.spec import Code, ModelSpec
+from scintnode.finding import Finding
+from scintnode.models.spec import ModelSpec
+from scintnode.write.sr_content import MANUFACTURER as MANUFACTURER  # re-exported: sc.py and seg.py use it too
+from scintnode.write.sr_content import measurement_report
 from scintnode.write.sr_document import PreliminaryComprehensive3DSR
 
 SR_SERIES_NUMBER = 9001
-MANUFACTURER = "scintnode"
 _PROBABILITY_TOLERANCE = 1e-3
 
 
@@ -76,53 +82,6 @@ def build_report(
     )
 
 
-def measurement_report(
-    finding: Finding, sources: Sequence[Dataset], segmentation: Dataset | None = None
-) -> hd.sr.MeasurementReport:
-    """The TID 1500 content tree for ``finding``, laid out as this module's docstring says (``check_inputs``
-    first: this trusts its arguments)."""
-    model = finding.model
-    algorithm = algorithm_identification(model)
-    predicted = model.label(finding.predicted)
-    site = hd.sr.FindingSite(anatomic_location=_concept(model.finding_site))
-    predicted_code = _concept(predicted.code)
-    referenced = referenced_sources(finding, sources)
-
-    classification = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{model.name} classification"),
-        finding_type=predicted_code,
-        finding_sites=[site],
-        algorithm_id=algorithm,
-        measurements=[_probability(model, key, value) for key, value in _ordered(finding)],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(
-                source, referenced_frame_numbers=_frames_for(finding, index, source)
-            )
-            for index, source in referenced
-        ],
-    )
-    hotspot_groups = [
-        _hotspot_group(finding, number, hotspot, sources[hotspot.source_index], site, algorithm)
-        for number, hotspot in enumerate(finding.hotspots, start=1)
-    ]
-    return hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
-            observer_device_context=hd.sr.ObserverContext(
-                observer_type=codes.DCM.Device,
-                observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                    uid=device_uid(model),
-                    name=model.name,
-                    manufacturer_name=MANUFACTURER,
-                    model_name=model.title[:64],
-                ),
-            )
-        ),
-        procedure_reported=_concept(model.procedure),
-        imaging_measurements=[classification, *hotspot_groups, *_segment_groups(finding, segmentation, algorithm)],
-        referenced_images=[source for _, source in referenced],
-    )
-
-
 def check_inputs(finding: Finding, sources: Sequence[Dataset]) -> None:
     """Raise ValueError, saying what is wrong, if ``finding`` does not fit its model or its sources."""
     model = finding.model
@@ -154,44 +113,6 @@ def check_inputs(finding: Finding, sources: Sequence[Dataset]) -> None:
         raise ValueError(f"{len(finding.source_frames)} source frames given for {len(sources)} sources")
 
 
-def referenced_sources(finding: Finding, sources: Sequence[Dataset]) -> list[tuple[int, Dataset]]:
-    """The sources the document references image by image (IMAGE items, Image Library), with their index.
-
-    A planar job: every source. A volume (CT) job: the key slice of each region, or with none the middle
-    slice of the series the network segmented. Every slice of two CT series would make a tree of thousands
-    of items, seconds to build, that a reader scrolls past; every input stays in the evidence sequences, and
-    the SEG references every slice it segments."""
-    volume = finding.volume
-    if volume is None:
-        return list(enumerate(sources))
-    position = {str(ds.SOPInstanceUID): index for index, ds in enumerate(sources)}
-    if volume.regions:
-        slices = [volume.centre_slice(region.number) for region in volume.regions]
-    else:
-        slices = [len(volume.slice_sop_uids) // 2]
-    uids = [volume.slice_sop_uids[index] for index in dict.fromkeys(slices)]
-    missing = [uid for uid in uids if uid not in position]
-    if missing:
-        raise ValueError(f"the mask is drawn on slice {missing[0]}, which is not among the sources")
-    return [(position[uid], sources[position[uid]]) for uid in uids]
-
-
-def algorithm_identification(model: ModelSpec) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 for ``model``: registry name, version, weights hash (and the synthetic caveat)."""
-    parameters = [f"weights-sha256={model.weights_sha256}"]
-    name = model.name
-    if model.trained_on_synthetic:
-        name = f"{model.name} (synthetic-trained)"
-        parameters.append("trained on synthetic data only; no clinical accuracy claimed")
-    return hd.sr.AlgorithmIdentification(
-        name=name,
-        version=model.version,
-        parameters=parameters,
-        family=codes.DCM.ArtificialIntelligence,
-        manufacturer=MANUFACTURER,
-    )
-
-
 def contributing_equipment(model: ModelSpec) -> hd.ContributingEquipment:
     """Our entry in Contributing Equipment: scintnode running ``model``."""
     return hd.ContributingEquipment(
@@ -203,118 +124,7 @@ def contributing_equipment(model: ModelSpec) -> hd.ContributingEquipment:
     )
 
 
-def device_uid(model: ModelSpec) -> str:
-    """A UID that stays the same for the same weights and changes when the model is retrained."""
-    return str(generate_uid(entropy_srcs=[model.name, model.version, model.weights_sha256]))
-
-
 def series_description(kind: str, model: ModelSpec) -> str:
     """'AI report (unverified) - <title>' within the 64 characters LO allows; says synthetic when it is."""
     status = "unverified, synthetic-trained" if model.trained_on_synthetic else "unverified"
     return f"{kind} ({status}) - {model.title}"[:64]
-
-
-def _ordered(finding: Finding) -> list[tuple[str, float]]:
-    return [(label.key, float(finding.probabilities[label.key])) for label in finding.model.labels]
-
-
-def _probability(model: ModelSpec, key: str, value: float) -> hd.sr.Measurement:
-    measurement = hd.sr.Measurement(name=codes.DCM.Probability, value=value * 100.0, unit=codes.UCUM.Percent)
-    which = hd.sr.CodeContentItem(
-        name=codes.DCM.Finding,
-        value=_concept(model.label(key).code),
-        relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
-    )
-    num = measurement[0]
-    num.ContentSequence = hd.sr.ContentSequence([which])
-    return measurement
-
-
-def _hotspot_group(
-    finding: Finding,
-    number: int,
-    hotspot: Hotspot,
-    source: Dataset,
-    site: hd.sr.FindingSite,
-    algorithm: hd.sr.AlgorithmIdentification,
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    model = finding.model
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POINT,
-        graphic_data=np.array([[hotspot.column, hotspot.row]], dtype=np.float64),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(source, referenced_frame_numbers=[hotspot.frame]),
-    )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(), identifier=f"{hotspot.label} {number} (heat {hotspot.score:.2f})"
-        ),
-        referenced_region=region,
-        finding_type=_concept(model.label(finding.predicted).code),
-        finding_sites=[_hotspot_site(hotspot) or site],
-        algorithm_id=algorithm,
-        measurements=[_probability(model, finding.predicted, float(finding.probabilities[finding.predicted]))],
-    )
-
-
-def _hotspot_site(hotspot: Hotspot) -> hd.sr.FindingSite | None:
-    """The hot spot's own site (e.g. a gland's side and level), when the network gave one."""
-    if hotspot.site is None:
-        return None
-    return hd.sr.FindingSite(
-        anatomic_location=_concept(hotspot.site),
-        laterality=_concept(hotspot.laterality) if hotspot.laterality else None,
-        topographical_modifier=_concept(hotspot.site_modifier) if hotspot.site_modifier else None,
-    )
-
-
-def _segment_groups(
-    finding: Finding, segmentation: Dataset | None, algorithm: hd.sr.AlgorithmIdentification
-) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
-    """One TID 1411 group per region of ``finding.volume``: its segment (same Tracking UID as in the SEG),
-    volume, side (as Finding Site laterality), centre (in the tracking identifier) and probability."""
-    if segmentation is None or finding.volume is None:
-        return []
-    model = finding.model
-    tracking = {int(item.SegmentNumber): str(item.TrackingUID) for item in segmentation.SegmentSequence}
-    groups = []
-    for region in finding.volume.regions:
-        if region.number not in tracking:
-            raise ValueError(f"region {region.number} has no segment in the SEG {segmentation.SOPInstanceUID}")
-        x, y, z = region.centre_mm
-        laterality = {"right": codes.SCT.Right, "left": codes.SCT.Left}.get(region.side)
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=tracking[region.number],
-                    identifier=f"Region {region.number} {region.side} at ({x:.0f}, {y:.0f}, {z:.0f}) mm LPS"[:64],
-                ),
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=segmentation.SOPClassUID,
-                    sop_instance_uid=segmentation.SOPInstanceUID,
-                    segment_number=region.number,
-                    source_series=hd.sr.SourceSeriesForSegmentation(finding.volume.series_uid),
-                ),
-                finding_type=_concept(model.label(finding.predicted).code),
-                finding_sites=[
-                    hd.sr.FindingSite(anatomic_location=_concept(model.finding_site), laterality=laterality)
-                ],
-                algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(name=codes.SCT.Volume, value=region.volume_mm3, unit=codes.UCUM.CubicMillimeter),
-                    _probability(model, finding.predicted, region.probability),
-                ],
-            )
-        )
-    return groups
-
-
-def _frames_for(finding: Finding, index: int, source: Dataset) -> list[int] | None:
-    """The frames the network looked at, for multi-frame sources; None lets the reference cover all frames."""
-    if not finding.source_frames or int(source.get("NumberOfFrames", 1) or 1) < 2:
-        return None
-    panels = sorted({panel.frame for panel in finding.panels if panel.source_index == index})
-    return panels or [finding.source_frames[index]]
-
-
-def _concept(code: Code) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)

@@ -1,4 +1,4 @@
-"""The Comprehensive 3D SR document around a TID 1500 content tree built for it with highdicom.
+"""The Comprehensive 3D SR document around a TID 1500 content tree (write/sr_content.py builds it).
 
 highdicom's `Comprehensive3DSR` constructor writes the tree it is given into the document as it is, and
 besides deep-copies it and converts the copy back into its own classes (for its ``content`` property,
@@ -27,8 +27,8 @@ _REFERENCING_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE"})
 class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdicom is not followed (pyproject)
     """A complete, unverified, preliminary Comprehensive 3D SR in the study of ``evidence[0]``.
 
-    ``content`` is the root of the tree (e.g. a `highdicom.sr.MeasurementReport`); its items become the
-    document's own, not copies, so it must not be reused for another document. Every instance the tree
+    ``content`` holds the root of the tree (write/sr_content.py's `measurement_report`); its items become
+    the document's own, not copies, so it must not be reused for another document. Every instance the tree
     references must be among ``evidence``; evidence from the first item's study is Current Requested
     Procedure Evidence, from any other study Pertinent Other Evidence."""
 
