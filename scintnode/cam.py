@@ -2,11 +2,12 @@
 
 Used by infer (through each network) to explain a prediction; hooks live only inside a `with` block, so a
 daemon that explains thousands of jobs never accumulates them (MONAI's GradCAM never removes its hooks).
-The forward pass and the explanation are separate calls: a network times them apart (Grad-CAM is outside
-the network in issue 10's accounting) and may pick the class to explain from the logits of its one pass."""
+The forward pass and the explanation are separate calls, each timed (Grad-CAM is outside the network in
+issue 10's accounting); a network may pick the class to explain from the logits of its one pass."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,6 +30,8 @@ class CamResult:
     logits: Tensor  # (N, classes), detached
     class_indices: tuple[int, ...]  # the class each map explains
     layer_maps: dict[str, np.ndarray]  # target layer -> (N, h, w) float32, >= 0, not normalised
+    forward_ms: float  # the forward pass these maps explain
+    explain_ms: float  # the gradients and the maps
 
     @property
     def maps(self) -> np.ndarray:
@@ -64,6 +67,7 @@ class ClassActivationMap:
         self._frozen: list[nn.Parameter] = []
         self._activations: dict[str, Tensor] = {}
         self._logits: Tensor | None = None
+        self._forward_ms = 0.0
 
     def __enter__(self) -> ClassActivationMap:
         if self._handles:
@@ -112,8 +116,10 @@ class ClassActivationMap:
         if not self._handles:
             raise RuntimeError("use ClassActivationMap inside a `with` block")
         self._activations = {}
+        started = time.perf_counter()
         with torch.enable_grad():
             logits = self.model(x.detach())
+        self._forward_ms = (time.perf_counter() - started) * 1000.0
         missing = [name for name in self.target_layers if name not in self._activations]
         if missing:
             raise RuntimeError(f"layer {missing[0]!r} did not run during the forward pass")
@@ -125,6 +131,7 @@ class ClassActivationMap:
 
     def explain(self, class_index: int | None = None) -> CamResult:
         """The maps of the last `forward` for `class_index` (default: each item's highest logit)."""
+        started = time.perf_counter()
         logits = self._logits
         if logits is None:
             raise RuntimeError("call forward(x) before explain(); each forward pass is explained once")
@@ -143,7 +150,8 @@ class ClassActivationMap:
             name: _combine(activation.detach(), grad.detach(), self.method).float().numpy()
             for name, activation, grad in zip(self.target_layers, activations, grads, strict=True)
         }
-        return CamResult(logits.detach(), tuple(int(i) for i in indices), layer_maps)
+        explain_ms = (time.perf_counter() - started) * 1000.0
+        return CamResult(logits.detach(), tuple(int(i) for i in indices), layer_maps, self._forward_ms, explain_ms)
 
 
 def _combine(activation: Tensor, grads: Tensor, method: Method) -> Tensor:

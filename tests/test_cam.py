@@ -53,6 +53,7 @@ def test_map_peaks_at_the_planted_signal(method: Method) -> None:
     assert result.maps.shape == (1, 16, 16)
     assert _peak(result.maps[0]) == (11, 4)
     assert result.class_indices == (1,)
+    assert result.forward_ms > 0 and result.explain_ms > 0
     assert _hooks_left(model) == 0
 
 

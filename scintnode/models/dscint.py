@@ -7,7 +7,6 @@ thyroid carcinoma, the Grad-CAM of the predicted class on each view and its hott
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -285,12 +284,9 @@ class DscintNetwork:
         passes = view_passes(sources, self.model.input_shape, slots)
         x = to_network_input(np.stack([p.image for p in passes]))
         with self._lock, ClassActivationMap(self.model, CAM_LAYER) as cam:
-            started = time.perf_counter()
             probs = probabilities(cam.forward(x)).mean(dim=0)
             predicted_index = int(probs.argmax())
-            explaining = time.perf_counter()
             result = cam.explain(predicted_index)
-            explained = time.perf_counter()
         real = [(p, cam_map) for p, cam_map in zip(passes, result.maps, strict=True) if not p.mirrored]
         heatmaps = [_to_frame(cam_map, p.frame) for p, cam_map in real]
         peak = max(float(h.max()) for h in heatmaps)
@@ -307,8 +303,8 @@ class DscintNetwork:
             display_images=tuple(_first_panel(panels, i, sources[i]).display for i in range(len(sources))),
             heatmaps=tuple(_first_panel(panels, i, sources[i]).heatmap for i in range(len(sources))),
             source_frames=tuple(_first_panel(panels, i, sources[i]).frame for i in range(len(sources))),
-            inference_ms=(explaining - started) * 1000.0,
-            explain_ms=(explained - explaining) * 1000.0,
+            inference_ms=result.forward_ms,
+            explain_ms=result.explain_ms,
             panels=panels,
         )
 

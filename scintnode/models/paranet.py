@@ -7,7 +7,6 @@ out (normal/abnormal probabilities, a Grad-CAM heatmap per image, candidate glan
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,8 +203,8 @@ class Explained:
     probabilities: np.ndarray  # (2,)
     maps: dict[str, np.ndarray]  # path -> CAM at the path's last convolution grid
     candidates: list[glands.Candidate]  # in network-input pixels, strongest first; [] unless abnormal
-    forward_ms: float = 0.0  # the network's one forward pass
-    explain_ms: float = 0.0  # Grad-CAM of every path used
+    forward_ms: float  # the network's one forward pass
+    explain_ms: float  # Grad-CAM of every path used
 
 
 def explain(
@@ -215,17 +214,13 @@ def explain(
     x = network_input(images[np.newaxis])
     layers = {path: model.cam_layer(path) for path in present}
     with ClassActivationMap(model, list(layers.values()), method) as cam:
-        started = time.perf_counter()
-        logits = cam.forward(x)
-        explaining = time.perf_counter()
-        result = cam.explain(ABNORMAL)
-        explained = time.perf_counter()
+        result = cam(x, class_index=ABNORMAL)
     maps = {path: result.layer_maps[layer][0] for path, layer in layers.items()}
-    probs = probabilities(logits)[0].numpy()
+    probs = probabilities(result.logits)[0].numpy()
     candidates: list[glands.Candidate] = []
     if int(np.argmax(probs)) == ABNORMAL:
         candidates = glands.find_candidates(maps["late"], images[1], images[0], mm_per_pixel)
-    return Explained(probs, maps, candidates, (explaining - started) * 1000.0, (explained - explaining) * 1000.0)
+    return Explained(probs, maps, candidates, result.forward_ms, result.explain_ms)
 
 
 class ParaNetNetwork:
