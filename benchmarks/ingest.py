@@ -208,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not found: install dcmtk (scripts/setup.sh does)")
             return 2
-    workdir = Path(tempfile.mkdtemp(prefix="scintnode-bench-"))
+    # gigabytes of synthetic sets and received copies: removed even when a run fails or is interrupted
+    with tempfile.TemporaryDirectory(prefix="scintnode-bench-") as workdir:
+        return _measure(args, Path(workdir))
+
+
+def _measure(args: argparse.Namespace, workdir: Path) -> int:
     print(f"writing synthetic sets under {workdir} ...", flush=True)
     sets = {}  # a count of 0 leaves its set out
     if args.ct:
@@ -239,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     print()
     print(table(rows))
-    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -191,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=99)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one study's results")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="scintnode-ttr-"))
+    # about 1.5 GB of studies, spool and PACS storage: removed even when a run fails or is interrupted
+    with tempfile.TemporaryDirectory(prefix="scintnode-ttr-") as workdir:
+        return _measure(args, Path(workdir))
+
+
+def _measure(args: argparse.Namespace, workdir: Path) -> int:
     with OrthancServer(workdir / "pacs") as pacs:
         process, port = start_node_process(_node_config(workdir, pacs), workdir / "node.log")
         watcher = ResultWatcher(pacs)

@@ -1,7 +1,10 @@
-"""Shared fixtures: synthetic NM files and a node's storage in a temporary folder."""
+"""Shared fixtures: synthetic NM files and a node's storage in a temporary folder; a check of free disk space
+before the session starts."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -10,9 +13,27 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
+from scintnode.config import StorageSettings
 from scintnode.phantoms import nm
 
 NMFactory = Callable[..., Path]
+SUITE_WRITES_BYTES = 768 * 1024 * 1024  # a whole run leaves about 450 MB in its temporary folders
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying why, where the disk is too full to run the nodes the tests start: each would
+    answer every C-STORE with 0xA700 (as it should), and a dozen end-to-end tests would fail far from the
+    cause."""
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    needed = StorageSettings().min_free_bytes + SUITE_WRITES_BYTES
+    if free < needed:
+        pytest.exit(
+            f"only {free / 2**20:.0f} MiB free in {folder}; the tests need {needed / 2**20:.0f} MiB there: "
+            f"a node refuses instances while under {StorageSettings().min_free_bytes / 2**20:.0f} MiB are free "
+            "(storage.min_free_bytes), and the suite writes about 450 MB. Free some space and run again.",
+            returncode=1,
+        )
 
 
 @pytest.fixture

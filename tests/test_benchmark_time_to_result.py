@@ -3,6 +3,7 @@ series is in the PACS (real Orthanc), and a burst gets different studies, not on
 
 from __future__ import annotations
 
+import tempfile
 import time
 import urllib.request
 from io import BytesIO
@@ -17,6 +18,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from benchmarks import time_to_result
 from benchmarks.time_to_result import ResultWatcher, distinct_cases
 from scintnode.demo_cases import DemoStudy
 from scintnode.orthanc import OrthancServer
@@ -62,3 +64,14 @@ def test_a_burst_gets_as_many_different_studies_as_it_asks_for(tmp_path: Path) -
     assert len(cases) == 9
     assert len({case.result_study_uid for case in cases}) == 9
     assert all(path.is_file() for case in cases for files in case.associations for path in files)
+
+
+def test_a_whole_run_prints_its_row_and_leaves_no_files_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One thyroid study through a real node and Orthanc; its working folder (1.5 GB at full size) goes."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert time_to_result.main(["--network", "thyroid-resnet34", "--studies", "1", "--timeout", "120"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| thyroid-resnet34 | 1 | 1 |")]
+    assert len(rows) == 1
+    assert list(tmp_path.iterdir()) == []

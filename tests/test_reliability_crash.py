@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -45,13 +46,14 @@ class Sender(threading.Thread):
         self.studies = studies
         self.acknowledged: list[str] = []
         self.attempts = 0
+        self.stop = threading.Event()  # set when the test ends, passed or failed: no sender outlives it
 
     def run(self) -> None:
         ae = AE(ae_title=self.name)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.20")
         pending = list(self.studies)
-        while pending:
+        while pending and not self.stop.is_set():
             self.attempts += 1
             assoc = ae.associate("127.0.0.1", self.port, ae_title="SCINTNODE")
             if not assoc.is_established:
@@ -68,6 +70,10 @@ class Sender(threading.Thread):
                     assoc.release()
 
 
+def log_tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,6 +81,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"{what} not within {timeout} s")
+
+
+def starts_listened(log: Path) -> int:
+    """How many of the node's starts reached listening (the line each prints once it listens)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return len(re.findall(r"^scintnode listening as ", text, re.MULTILINE))
 
 
 def start_node(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -120,19 +132,21 @@ def test_twenty_sigkills_while_four_senders_stream_lose_and_duplicate_nothing(tm
             sender.start()
         kills_at: list[float] = []
         started = time.monotonic()
-        for _ in range(KILLS):
-            node = start_node(config, log)
-            wait_for(lambda: log.read_text().count("listening as") > len(kills_at), 60, "the node to listen")
-            alive = chance.uniform(0.2, 2.0)  # a random moment: receiving, routing, running a job or sending
-            time.sleep(alive)
-            node.send_signal(signal.SIGKILL)
-            node.wait()
-            kills_at.append(round(alive, 2))
-        node = start_node(config, log)
+        node: subprocess.Popen[bytes] | None = None
         try:
+            for _ in range(KILLS):
+                listened = starts_listened(log)
+                node = start_node(config, log)
+                wait_for(lambda before=listened: starts_listened(log) > before, 60, "the node to listen")
+                alive = chance.uniform(0.2, 2.0)  # a random moment: receiving, routing, running a job or sending
+                time.sleep(alive)
+                node.send_signal(signal.SIGKILL)
+                node.wait()
+                kills_at.append(round(alive, 2))
+            node = start_node(config, log)
             for sender in senders:
                 sender.join(timeout=120)
-                assert not sender.is_alive(), f"{sender.name} could not finish"
+                assert not sender.is_alive(), f"{sender.name} could not finish; the node's log ends:\n{log_tail(log)}"
             acknowledged = [uid for sender in senders for uid in sender.acknowledged]
             db = Database(f"sqlite:///{tmp_path / 'spool' / 'index.db'}")
 
@@ -152,8 +166,11 @@ def test_twenty_sigkills_while_four_senders_stream_lose_and_duplicate_nothing(tm
                 jobs = session.scalars(select(Job)).all()
             db.dispose()
         finally:
-            node.send_signal(signal.SIGTERM)
-            node.wait(timeout=60)
+            for sender in senders:
+                sender.stop.set()
+            if node is not None and node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+                node.wait(timeout=60)
         all_sent = sorted(str(ds.SOPInstanceUID) for batch in studies for ds in batch)
         assert sorted(acknowledged) == all_sent and len(set(acknowledged)) == len(acknowledged)
         assert sorted(rows) == all_sent  # each answered instance stored, once (the primary key)
