@@ -29,6 +29,7 @@ from scintnode.dimse_command import Command
 from scintnode.metrics import Metrics
 from scintnode.receive_header import Rejected, read_header
 from scintnode.receive_index import (
+    NM_IMAGE_STORAGE_RETIRED,
     AssociationLog,
     ReleaseWrite,
     StoreWrite,
@@ -82,9 +83,11 @@ def part10(
 
 def storage_contexts() -> list[PresentationContext]:
     """Verification and every storage class, in every transfer syntax: the receive path never decodes pixel
-    data (the networks do, later), so compressed syntaxes are as welcome as uncompressed ones."""
+    data (the networks do, later), so compressed syntaxes are as welcome as uncompressed ones. pynetdicom's
+    list leaves out retired classes; NM Image Storage (Retired), still sent by older gamma cameras, is added."""
     contexts = [build_context(Verification)]
     contexts += [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+    contexts.append(build_context(NM_IMAGE_STORAGE_RETIRED, ALL_TRANSFER_SYNTAXES))
     return contexts
 
 

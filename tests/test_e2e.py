@@ -23,6 +23,7 @@ from scintnode.config import Destination, Settings
 from scintnode.db import Delivery, Job
 from scintnode.orthanc import OrthancServer, SeriesInPacs
 from scintnode.phantoms.thyroid import write_studies
+from scintnode.receive_index import NM_IMAGE_STORAGE_RETIRED
 from scintnode.storescu import send_files
 from tests.dicom_validation import LATERALITY_2C_LIMITATION, assert_dciodvfy_clean, assert_dsrdump_parses
 from tests.harness import start_node_process
@@ -54,10 +55,17 @@ def wait_for_series(pacs: OrthancServer, study_uid: str, timeout: float = 120) -
     raise AssertionError(f"no SR and SC for study {study_uid} in the PACS within {timeout} s")
 
 
+@pytest.mark.parametrize("sop_class", [None, NM_IMAGE_STORAGE_RETIRED], ids=["nm", "retired-nm-class"])
 def test_thyroid_study_through_the_node_process_into_orthanc(
-    tmp_path: Path, pacs: OrthancServer, thyroid_study: tuple[Path, dict[str, object]]
+    tmp_path: Path, pacs: OrthancServer, thyroid_study: tuple[Path, dict[str, object]], sop_class: str | None
 ) -> None:
+    """Also as NM Image Storage (Retired), which older gamma cameras still send."""
     study_file, entry = thyroid_study
+    if sop_class is not None:
+        retired = dcmread(study_file)
+        retired.SOPClassUID = retired.file_meta.MediaStorageSOPClassUID = sop_class
+        study_file = tmp_path / "retired-class.dcm"
+        retired.save_as(study_file, enforce_file_format=True)
     config = tmp_path / "scintnode.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -127,3 +127,14 @@ def test_a_fully_hot_pixel_keeps_forty_percent_of_the_grey_under_the_colour() ->
     # the hottest jet colour is RGB (128, 0, 0); 60 % of it over black, and over white 40 % of 255 added
     assert (black == (77, 0, 0)).all()
     assert (white == (179, 102, 102)).all()
+
+
+def test_a_source_of_the_retired_nm_sop_class_gets_a_valid_heatmap() -> None:
+    """NM Image Storage (Retired) is not a multi-frame class to dciodvfy: its reference names no frame."""
+    retired = thyroid_source()
+    retired.SOPClassUID = "1.2.840.10008.5.1.4.1.1.5"
+    retired.file_meta.MediaStorageSOPClassUID = retired.SOPClassUID
+    sc = round_trip(build_heatmap_sc(thyroid_finding([retired]), [retired], 0))
+    assert_dciodvfy_clean(sc, allowed_errors=[LATERALITY_2C_LIMITATION])
+    (reference,) = sc.SourceImageSequence
+    assert reference.ReferencedSOPClassUID == retired.SOPClassUID and "ReferencedFrameNumber" not in reference

@@ -289,3 +289,19 @@ def test_bad_findings_get_a_clear_message(source: Dataset) -> None:
         build_report(Finding(good.model, "graves", PROBABILITIES, (Hotspot(0, 3, 1, 1, 1, "x"),)), [source])
     with pytest.raises(ValueError, match="at least one source"):
         build_report(good, [])
+
+
+def test_a_source_of_the_retired_nm_sop_class_is_reported_as_nm() -> None:
+    """Older gamma cameras still send NM Image Storage (Retired), 1.2.840.10008.5.1.4.1.1.5, which the node
+    accepts; highdicom's modality table does not list it, so the report would fail without our mapping."""
+    retired = thyroid_source()
+    retired.SOPClassUID = "1.2.840.10008.5.1.4.1.1.5"
+    retired.file_meta.MediaStorageSOPClassUID = retired.SOPClassUID
+    sr = round_trip(build_report(thyroid_finding([retired]), [retired]))
+    assert_dciodvfy_clean(sr)
+    library = next(i for i in sr.ContentSequence if concept(i) == ("111028", "DCM"))  # Image Library
+    entry = library.ContentSequence[0].ContentSequence[0]
+    assert entry.ReferencedSOPSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.5"
+    modalities = [i for i in entry.ContentSequence if concept(i) == ("121139", "DCM")]  # Modality
+    codes = [(m.ConceptCodeSequence[0].CodeValue, m.ConceptCodeSequence[0].CodingSchemeDesignator) for m in modalities]
+    assert codes == [("NM", "DCM")]

@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from scintnode.finding import Finding
 from scintnode.phantoms.nm import VIEWS
+from scintnode.write import unlisted_classes
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
@@ -117,7 +118,8 @@ def build_heatmap_sc(
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    if "NumberOfFrames" in source:  # a frame number on a single-frame image (a CT slice) is an error
+    # a frame number on an image of a single-frame class (a CT slice, a retired-class NM image) is an error
+    if "NumberOfFrames" in source and source.SOPClassUID not in unlisted_classes.SINGLE_FRAME:
         reference.ReferencedFrameNumber = frames if len(frames) > 1 else frame
     reference.PurposeOfReferenceCodeSequence = [
         hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)

@@ -29,6 +29,7 @@ from pydicom.valuerep import DS
 
 from scintnode.finding import Finding, Hotspot, Region
 from scintnode.models.spec import Code, ModelSpec
+from scintnode.write import unlisted_classes
 
 MANUFACTURER = "scintnode"
 
@@ -390,6 +391,8 @@ def _modality(sop_class_uid: str) -> Code:
     """The CID 29/32 code highdicom gives an image of this SOP class (ValueError for a class it does not map).
     Its own lookup rebuilds a table of 130 pydicom codes on every call; its answer never changes. The lookup is
     private to highdicom: the pin in pyproject.toml and tests/test_write_sr_content.py guard its use."""
+    if sop_class_uid in unlisted_classes.MODALITIES:
+        return unlisted_classes.MODALITIES[sop_class_uid]
     code = _get_coded_modality(sop_class_uid)
     return Code(code.value, code.scheme_designator, code.meaning)
 
@@ -453,7 +456,7 @@ def _image_item(
         "ReferencedSOPClassUID": str(image.SOPClassUID),
         "ReferencedSOPInstanceUID": str(image.SOPInstanceUID),
     }
-    if frames is not None:
+    if frames is not None and reference["ReferencedSOPClassUID"] not in unlisted_classes.SINGLE_FRAME:
         reference["ReferencedFrameNumber"] = frames
     if segment is not None:
         reference["ReferencedSegmentNumber"] = segment

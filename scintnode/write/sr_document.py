@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from scintnode.write.equipment import acquisition_first
+from scintnode.write.unlisted_classes import as_listed_class
 
 _REFERENCING_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE"})
 
@@ -88,7 +89,7 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
             self.PredecessorDocumentsSequence = _references(previous_versions)
         self.PerformedProcedureCodeSequence: list[Dataset] = []
         self.ReferencedPerformedProcedureStepSequence: list[Dataset] = []
-        self.copy_patient_and_study_information(first)
+        self.copy_patient_and_study_information(as_listed_class(first))
         self._add_contributing_equipment(acquisition_first(first, contributing_equipment))
 
 
