@@ -299,6 +299,7 @@ def test_a_source_of_the_retired_nm_sop_class_is_reported_as_nm() -> None:
     retired.file_meta.MediaStorageSOPClassUID = retired.SOPClassUID
     sr = round_trip(build_report(thyroid_finding([retired]), [retired]))
     assert_dciodvfy_clean(sr)
+    assert retired.SOPClassUID == "1.2.840.10008.5.1.4.1.1.5"  # the stand-in class went to highdicom, not here
     library = next(i for i in sr.ContentSequence if concept(i) == ("111028", "DCM"))  # Image Library
     entry = library.ContentSequence[0].ContentSequence[0]
     assert entry.ReferencedSOPSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.5"
