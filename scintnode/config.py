@@ -142,6 +142,9 @@ class Settings(_Strict):
     rules_dir: Path = DEFAULT_RULES_DIR
     # how long a stop waits for the job in progress before the process exits (it is then re-run at next start)
     stop_timeout_seconds: float = Field(300, gt=0)
+    # a job the node was running when it died this many times is failed at the next start, not run again: an
+    # input that crashes the process (out of memory, a native fault) must not hold every later study back
+    max_job_attempts: int = Field(3, ge=1)
     # load every network at start (a first job then pays no loading time); off for short-lived test nodes
     preload_networks: bool = False
 

@@ -108,12 +108,24 @@ class Pipeline:
         self._last_pass = -math.inf
 
     def recover(self) -> int:
-        """Jobs left running by a stopped or crashed node go back to pending (their outputs never committed)."""
+        """Jobs left running by a stopped or crashed node go back to pending (their outputs never committed),
+        unless they were running at `max_job_attempts` such stops: those fail, so one input that kills the
+        process cannot keep it in a crash loop. Returns the jobs re-queued."""
+        limit = self.settings.max_job_attempts
         with self.db.session() as session:
-            result = session.execute(update(Job).where(Job.state == "running").values(state="pending"))
+            result = session.execute(
+                update(Job).where(Job.state == "running", Job.attempts < limit).values(state="pending")
+            )
             count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+            given_up = list(session.scalars(select(Job.id).where(Job.state == "running")))
         if count:
             log.info("re-queued %d job(s) interrupted by the last stop", count)
+        for job_id in given_up:
+            self._fail(
+                job_id,
+                f"the node stopped while running this job {limit} times (a crash, a kill, or a stop that timed "
+                "out); it is not run again automatically",
+            )
         return count
 
     def route_ready(self) -> int:
