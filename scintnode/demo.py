@@ -52,17 +52,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--per-class", type=int, default=2, help="synthetic studies per class (default 2)")
     parser.add_argument("--network", action="append", choices=sorted(CASES), help="only these networks (default: all)")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--workdir", type=Path, help="where studies, spool and PACS storage go (default: temp)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the studies, spool and PACS storage here (default: a temporary folder)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each study's results")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scintnode-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        print(f"scintnode demo — working in {args.workdir} (kept)")
+        return _run(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="scintnode-demo-") as workdir:
+        print(f"scintnode demo — working in {workdir} (removed at the end; --workdir DIR keeps it)")
+        return _run(args, Path(workdir))
 
+
+def _run(args: argparse.Namespace, workdir: Path) -> int:
     from scintnode.node import Node  # torch and the networks load here
 
-    print(f"scintnode demo — working in {workdir}")
     cases: list[DemoStudy] = []
     for network in args.network or sorted(CASES):
         print(f"Writing SYNTHETIC studies for {network} (phantoms, not patients)...")
