@@ -22,6 +22,7 @@ from scintnode.assemble import NM_OBJECT, ReadyUnit, collect_ready
 from scintnode.config import Settings
 from scintnode.db import INSERT_EVENTS, Database, Episode, Instance, Job, Output, event_row, utcnow
 from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.infer import InputError, run_network
 from scintnode.metrics import Metrics
 from scintnode.models.registry import Registry, UnknownNetwork
@@ -317,6 +318,9 @@ class Pipeline:
             return True
         stored = []
         for kind, ds in result.outputs:
+            # highdicom names itself in the file meta; the file is scintnode's
+            ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+            ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             stored.append(

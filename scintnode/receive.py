@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 
 from pynetdicom import (
     ALL_TRANSFER_SYNTAXES,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
     AllStoragePresentationContexts,
     build_context,
 )
@@ -26,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from scintnode.config import NodeSettings
 from scintnode.db import Database, GroupCommit
 from scintnode.dimse_command import Command
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.metrics import Metrics
 from scintnode.receive_header import Rejected, read_header
 from scintnode.receive_index import (
@@ -56,10 +55,10 @@ def _ui(value: str) -> bytes:
 
 
 _META_VERSION = _meta_element(b"\x02\x00\x01\x00", b"OB", b"\x00\x01")
-_META_IMPLEMENTATION = _meta_element(b"\x02\x00\x12\x00", b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)) + _meta_element(
+_META_IMPLEMENTATION = _meta_element(b"\x02\x00\x12\x00", b"UI", _ui(IMPLEMENTATION_CLASS_UID)) + _meta_element(
     b"\x02\x00\x13\x00",
     b"SH",
-    PYNETDICOM_IMPLEMENTATION_VERSION.encode() + b" " * (len(PYNETDICOM_IMPLEMENTATION_VERSION) % 2),
+    IMPLEMENTATION_VERSION_NAME.encode() + b" " * (len(IMPLEMENTATION_VERSION_NAME) % 2),
 )
 
 

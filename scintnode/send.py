@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from scintnode.config import Destination, DispatchSettings
 from scintnode.db import Database, Delivery, Output, utcnow
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,10 @@ class Dispatcher:
         # instead of decoding and re-encoding them. The flag only affects sends given a path.
         _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title=destination.calling_ae_title or self.calling_ae_title)
+        ae.implementation_class_uid, ae.implementation_version_name = (
+            IMPLEMENTATION_CLASS_UID,
+            IMPLEMENTATION_VERSION_NAME,
+        )
         timeout = destination.timeout_seconds
         ae.connection_timeout = timeout
         ae.acse_timeout = timeout

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -33,6 +32,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from scintnode import dimse_command
 from scintnode.dimse_command import Command, CommandError
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +234,9 @@ class _Connection:
         maximum = MaximumLengthNotification()
         maximum.maximum_length_received = self.settings.max_pdu
         implementation = ImplementationClassUIDNotification()
-        implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+        implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         version = ImplementationVersionNameNotification()
-        version.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+        version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         primitive = A_ASSOCIATE()
         primitive.application_context_name = request.application_context_name
         primitive.calling_ae_title = request.calling_ae_title

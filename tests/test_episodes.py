@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from scintnode.config import DEFAULT_RULES_DIR, Settings
 from scintnode.db import Episode, Event, Job, Output
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID
 from scintnode.node import Node
 from scintnode.orthanc import free_port
 from scintnode.phantoms import nm
@@ -183,6 +184,7 @@ def test_parathyroid_episode_in_every_arrival_order(clinic: Clinic, start_node: 
         assert sr.StudyInstanceUID == thyroid_study == job.study_uid  # the most recent input's study
         assert evidence(sr, "CurrentRequestedProcedureEvidenceSequence") == {uids["thyroid"]}
         assert evidence(sr, "PertinentOtherEvidenceSequence") == {uids["early"], uids["late"]}
+        assert sr.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID  # the file is ours, not highdicom's
     # the pertechnetate scans also went to the thyroid classifier: that rule is independent of the episode
     assert sum(j.network == "thyroid-resnet34" for j in jobs(node)) == len(orders)
 

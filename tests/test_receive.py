@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from scintnode.config import NodeSettings
 from scintnode.db import Database, Event, Instance, Series
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.receive import OUT_OF_RESOURCES, Receiver
 from scintnode.receive_header import CANNOT_UNDERSTAND, DATASET_MISMATCH, INVALID_UID, Rejected, read_header
 from scintnode.spool import Spool
@@ -183,3 +184,24 @@ def test_full_spool_answers_out_of_resources_and_keeps_what_it_had(receiver: Rec
         rows = session.scalars(select(Instance)).all()
         assert len(rows) == 2
         assert all(receiver.spool.absolute(r.path).exists() for r in rows)
+
+
+def test_the_node_names_itself_in_the_association_and_in_the_files_it_spools(
+    receiver: Receiver, nm_file: NMFactory
+) -> None:
+    path = nm_file()
+    ae = AE(ae_title="GOODCAM")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.20", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="SCINTNODE")
+    assert assoc.is_established
+    try:
+        accepted_by = (assoc.acceptor.implementation_class_uid, assoc.acceptor.implementation_version_name)
+        assert int(assoc.send_c_store(path).Status) == 0
+    finally:
+        assoc.release()
+    assert accepted_by == (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
+    with receiver.db.session() as session:
+        row = session.get(Instance, dcmread(path).SOPInstanceUID)
+        assert row is not None
+        meta = dcmread(receiver.spool.absolute(row.path), stop_before_pixels=True).file_meta
+    assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == accepted_by

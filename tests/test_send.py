@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 
 from scintnode.config import Destination, DispatchSettings
 from scintnode.db import Database, Delivery, Event, Job, Output, utcnow
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.send import (
     PERMANENT_CONDITIONS,
     TRANSIENT_CONDITIONS,
@@ -52,6 +53,7 @@ class Received:
     transfer_syntax: str
     calling_ae: str
     association: int
+    implementation: tuple[str, str]  # the requestor's Implementation Class UID and Version Name
 
 
 @dataclass
@@ -94,6 +96,10 @@ class Pacs:
                     str(event.context.transfer_syntax),
                     str(event.assoc.requestor.ae_title),
                     id(event.assoc),
+                    (
+                        str(event.assoc.requestor.implementation_class_uid),
+                        str(event.assoc.requestor.implementation_version_name),
+                    ),
                 )
             )
             return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -339,6 +345,7 @@ def test_success_sends_the_stored_bytes_once(node: Node, pacs_factory: Any) -> N
         assert got.dataset_bytes == (node.spool / output.path).read_bytes()[offset:]
         assert got.transfer_syntax == syntax  # the file's own syntax was proposed, nothing converted
         assert got.calling_ae == "SCINTNODE"
+        assert got.implementation == (IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
         delivery = node.delivery(output)
         assert (delivery.state, delivery.attempts, delivery.last_status) == ("sent", 1, "0x0000")
         assert delivery.sent_at is not None
