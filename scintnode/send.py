@@ -368,10 +368,8 @@ class Dispatcher:
         # instead of decoding and re-encoding them. The flag only affects sends given a path.
         _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title=destination.calling_ae_title or self.calling_ae_title)
-        ae.implementation_class_uid, ae.implementation_version_name = (
-            IMPLEMENTATION_CLASS_UID,
-            IMPLEMENTATION_VERSION_NAME,
-        )
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         timeout = destination.timeout_seconds
         ae.connection_timeout = timeout
         ae.acse_timeout = timeout
