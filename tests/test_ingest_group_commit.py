@@ -25,8 +25,10 @@ from scintnode import receive
 from scintnode import spool as spool_module
 from scintnode.config import NodeSettings, Settings
 from scintnode.db import Database, Event, GroupCommit, Instance, Series
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.pipeline import Pipeline
 from scintnode.receive import OUT_OF_RESOURCES, Receiver, part10, storage_contexts
+from scintnode.receive_index import NM_IMAGE_STORAGE_RETIRED
 from scintnode.route import RuleSet
 from scintnode.spool import Spool
 from tests.conftest import NMFactory
@@ -213,8 +215,15 @@ def test_a_changed_nm_object_is_counted_and_audited_and_does_not_reopen_its_seri
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 @pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.44"])  # even and odd lengths (padding)
 def test_part10_writes_the_same_file_meta_as_pynetdicom(syntax: str, instance: str) -> None:
+    """Byte for byte what pynetdicom writes, with scintnode's own implementation UID and (odd-length) name."""
     nm_class = "1.2.840.10008.5.1.4.1.1.20"
-    meta = create_file_meta(sop_class_uid=UID(nm_class), sop_instance_uid=UID(instance), transfer_syntax=UID(syntax))
+    meta = create_file_meta(
+        sop_class_uid=UID(nm_class),
+        sop_instance_uid=UID(instance),
+        transfer_syntax=UID(syntax),
+        implementation_uid=UID(IMPLEMENTATION_CLASS_UID),
+        implementation_version=IMPLEMENTATION_VERSION_NAME,
+    )
     expected = b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + b"DATA"
     assert part10([b"DA", memoryview(b"TA")], nm_class, instance, syntax) == expected  # as it arrived: fragments
 
@@ -224,7 +233,7 @@ def test_the_supported_contexts_are_shared_and_negotiation_leaves_them_as_they_w
     before = copy.deepcopy([vars(c) for c in supported])
     assert {str(c.abstract_syntax) for c in supported} == {
         str(c.abstract_syntax) for c in AllStoragePresentationContexts
-    } | {"1.2.840.10008.1.1"}
+    } | {"1.2.840.10008.1.1", NM_IMAGE_STORAGE_RETIRED}
     requested = build_context(AllStoragePresentationContexts[0].abstract_syntax, [ExplicitVRLittleEndian])
     requested.context_id = 1
     results, _ = negotiate_as_acceptor([requested], supported)
