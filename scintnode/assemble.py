@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, not_
 from sqlalchemy.orm import Session
 
 from scintnode.config import CompletionSettings
-from scintnode.db import Instance, Series
+from scintnode.db import Instance, Series, in_list_chunks
 from scintnode.receive_index import NM_IMAGE_STORAGE, NM_IMAGE_STORAGE_RETIRED
 
 NM_OBJECT = "nm-object"
@@ -105,7 +105,7 @@ def collect_ready(session: Session, now: dt.datetime, settings: CompletionSettin
     if nm_apart:
         nm_rows = session.execute(_NM_READY).all()
         units.extend(ReadyUnit(row[0], row[1], (row[2],), NM_OBJECT) for row in nm_rows)
-        for chunk in _chunks(sorted({row[1] for row in nm_rows})):
+        for chunk in in_list_chunks(sorted({row[1] for row in nm_rows})):
             session.connection().execute(_COMPLETE_NM_SERIES, {"series_uids": chunk, "now": now})
     open_series, members = _SERIES_STATEMENTS[nm_apart]
     for series_uid in session.scalars(open_series).all():
@@ -121,8 +121,3 @@ def collect_ready(session: Session, now: dt.datetime, settings: CompletionSettin
         uids = session.scalars(members, {"series_uid": series_uid}).all()
         units.append(ReadyUnit(series.study_uid, series_uid, tuple(uids), layer))
     return units
-
-
-def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
-    """Bounded IN lists (SQLite limits the parameters of one statement)."""
-    return [values[i : i + size] for i in range(0, len(values), size)]

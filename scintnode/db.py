@@ -204,6 +204,12 @@ class Event(Base):
 INSERT_EVENTS = insert(cast(Table, Event.__table__))
 
 
+def in_list_chunks(values: list[str], size: int = 500) -> list[list[str]]:
+    """`values` in pieces small enough for one IN list: SQLite limits the parameters of a statement, and a CT
+    job has hundreds of inputs."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
 def event_row(study_uid: str, kind: str, at: dt.datetime, **detail: Any) -> dict[str, Any]:
     """An audit event as a row for INSERT_EVENTS: what `Database.record_event` adds, for bulk inserts."""
     return {"study_uid": study_uid, "at": at, "kind": kind, "detail": detail}

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from scintnode.db import Database, Delivery, Episode, Instance, Job, Output, Series, utcnow
+from scintnode.db import Database, Delivery, Episode, Instance, Job, Output, Series, in_list_chunks, utcnow
 
 
 class Metrics:
@@ -127,8 +127,7 @@ def _times_to_result(session: Session) -> dict[str, list[float]]:
 
 def _received_at(session: Session, uids: list[str]) -> dict[str, dt.datetime]:
     found: dict[str, dt.datetime] = {}
-    for start in range(0, len(uids), 500):  # bounded IN lists: a CT job has hundreds of inputs
-        chunk = uids[start : start + 500]
+    for chunk in in_list_chunks(uids):
         query = select(Instance.sop_instance_uid, Instance.received_at).where(Instance.sop_instance_uid.in_(chunk))
         found.update((uid, at) for uid, at in session.execute(query))
     return found

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from scintnode.assemble import NM_OBJECT, ReadyUnit, collect_ready
 from scintnode.config import Settings
-from scintnode.db import INSERT_EVENTS, Database, Episode, Instance, Job, Output, event_row, utcnow
+from scintnode.db import INSERT_EVENTS, Database, Episode, Instance, Job, Output, event_row, in_list_chunks, utcnow
 from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
 from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.infer import InputError, run_network
@@ -72,8 +72,8 @@ class _EventBuffer:
 
 def _mark_routed(session: Session, uids: list[str], now: dt.datetime) -> None:
     """Mark instances routed with Core statements (no ORM object of them is loaded in a routing pass)."""
-    for start in range(0, len(uids), 500):  # bounded IN lists: SQLite limits a statement's parameters
-        session.connection().execute(_MARK_ROUTED, {"uids": uids[start : start + 500], "now": now})
+    for chunk in in_list_chunks(uids):
+        session.connection().execute(_MARK_ROUTED, {"uids": chunk, "now": now})
 
 
 def _episodes_due(session: Session, now: dt.datetime) -> bool:
