@@ -26,11 +26,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     cause."""
     folder = tempfile.gettempdir()
     free = shutil.disk_usage(folder).free
-    needed = StorageSettings().min_free_bytes + SUITE_WRITES_BYTES
+    reserve = StorageSettings().min_free_bytes
+    needed = reserve + SUITE_WRITES_BYTES
     if free < needed:
         pytest.exit(
             f"only {free / 2**20:.0f} MiB free in {folder}; the tests need {needed / 2**20:.0f} MiB there: "
-            f"a node refuses instances while under {StorageSettings().min_free_bytes / 2**20:.0f} MiB are free "
+            f"a node refuses instances while under {reserve / 2**20:.0f} MiB are free "
             "(storage.min_free_bytes), and the suite writes about 450 MB. Free some space and run again.",
             returncode=1,
         )
