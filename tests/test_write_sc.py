@@ -12,7 +12,7 @@ from scintnode.write.overlay import MIN_WIDTH_PX
 from scintnode.write.sc import overlay_lines
 from tests.dicom_validation import LATERALITY_2C_LIMITATION, assert_dciodvfy_clean, dciodvfy_messages
 from tests.test_nm_header import study, thyroid_source, whole_body_source
-from tests.test_write_sr import hot_blob, round_trip, thyroid_finding
+from tests.test_write_sr import hot_blob, retired_class_thyroid_source, round_trip, thyroid_finding
 
 SCALE = MIN_WIDTH_PX // 128  # the 128x128 thyroid source is drawn 4x
 
@@ -131,9 +131,7 @@ def test_a_fully_hot_pixel_keeps_forty_percent_of_the_grey_under_the_colour() ->
 
 def test_a_source_of_the_retired_nm_sop_class_gets_a_valid_heatmap() -> None:
     """NM Image Storage (Retired) is not a multi-frame class to dciodvfy: its reference names no frame."""
-    retired = thyroid_source()
-    retired.SOPClassUID = "1.2.840.10008.5.1.4.1.1.5"
-    retired.file_meta.MediaStorageSOPClassUID = retired.SOPClassUID
+    retired = retired_class_thyroid_source()
     sc = round_trip(build_heatmap_sc(thyroid_finding([retired]), [retired], 0))
     assert_dciodvfy_clean(sc, allowed_errors=[LATERALITY_2C_LIMITATION])
     (reference,) = sc.SourceImageSequence

@@ -15,6 +15,7 @@ from pydicom.filewriter import dcmwrite
 
 from scintnode.finding import Finding, Hotspot
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
+from scintnode.receive_index import NM_IMAGE_STORAGE_RETIRED
 from scintnode.write import SR_SERIES_NUMBER, build_report
 from tests.dicom_validation import assert_dciodvfy_clean, assert_dsrdump_parses, dciodvfy_messages
 from tests.test_nm_header import study, thyroid_source, whole_body_source
@@ -291,12 +292,17 @@ def test_bad_findings_get_a_clear_message(source: Dataset) -> None:
         build_report(good, [])
 
 
+def retired_class_thyroid_source() -> Dataset:
+    """A thyroid scan stored as NM Image Storage (Retired), as older gamma cameras still send it."""
+    source = thyroid_source()
+    source.SOPClassUID = source.file_meta.MediaStorageSOPClassUID = NM_IMAGE_STORAGE_RETIRED
+    return source
+
+
 def test_a_source_of_the_retired_nm_sop_class_is_reported_as_nm() -> None:
     """Older gamma cameras still send NM Image Storage (Retired), 1.2.840.10008.5.1.4.1.1.5, which the node
     accepts; highdicom's modality table does not list it, so the report would fail without our mapping."""
-    retired = thyroid_source()
-    retired.SOPClassUID = "1.2.840.10008.5.1.4.1.1.5"
-    retired.file_meta.MediaStorageSOPClassUID = retired.SOPClassUID
+    retired = retired_class_thyroid_source()
     sr = round_trip(build_report(thyroid_finding([retired]), [retired]))
     assert_dciodvfy_clean(sr)
     assert retired.SOPClassUID == "1.2.840.10008.5.1.4.1.1.5"  # the stand-in class went to highdicom, not here
