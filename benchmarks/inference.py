@@ -38,7 +38,7 @@ _EPISODE_SLOTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "paranet-small": (("early", "late"), ("thyroid",)),
     "ct-parathyroid-unet": (("unenhanced",), ("enhanced",)),
 }
-_OUTPUTS: dict[str, tuple[str, ...]] = {"ct-parathyroid-unet": ("seg", "sr", "sc")}
+OUTPUTS: dict[str, tuple[str, ...]] = {"ct-parathyroid-unet": ("seg", "sr", "sc")}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class Row:
         return 1.0 - self.network_median_ms / self.job_median_ms if self.job_median_ms else 0.0
 
 
-def _jobs(study: DemoStudy) -> Job:
+def demo_job(study: DemoStudy) -> Job:
+    """One demo study's sources as the node's job holds them, with the episode's slot names."""
     sources: list[Dataset] = []
     slots: list[str] = []
     names = _EPISODE_SLOTS.get(study.network)
@@ -76,7 +77,7 @@ def _jobs(study: DemoStudy) -> Job:
 
 
 def measure(network: Network, name: str, jobs: list[Job], repeats: int, label: str | None = None) -> Row:
-    outputs = _OUTPUTS.get(name, ("sr", "sc"))
+    outputs = OUTPUTS.get(name, ("sr", "sc"))
     run_network(network, jobs[0].sources, outputs, slots=jobs[0].slots)  # warm-up: first-call allocations
     totals, inside, explaining, writing = [], [], [], []
     started = time.perf_counter()
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.network or sorted(CASES):
             studies = CASES[name](Path(tmp) / name, args.per_class, 7)
             label, network = resized.get(name, (name, registry.get(name)))
-            row = measure(network, name, [_jobs(s) for s in studies], args.repeats, label)
+            row = measure(network, name, [demo_job(s) for s in studies], args.repeats, label)
             print(
                 f"| {row.network} | {row.jobs} | {row.job_median_ms:.0f} | {row.job_p95_ms:.0f} | "
                 f"{row.network_median_ms:.0f} | {row.explain_median_ms:.1f} | {row.writing_median_ms:.0f} | "

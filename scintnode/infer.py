@@ -1,6 +1,7 @@
-"""Infer: runs one network on one job's source images and builds the DICOM results it asked for.
+"""Infer: runs one network on one job's source images and builds and encodes the DICOM results it asked for.
 
-Takes values and returns values (datasets in, datasets out); the pipeline does the storing."""
+Takes values and returns values (datasets in; datasets and their file bytes out); the pipeline does the
+storing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from scintnode.finding import Finding
+from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.models.registry import Network
+from scintnode.write.part10 import encode_file
 from scintnode.write.sc import build_heatmap_sc
 from scintnode.write.seg import build_key_image_sc, build_segmentation
 from scintnode.write.sr import build_report
@@ -26,13 +29,20 @@ class InputError(ValueError):
 
 
 @dataclass(frozen=True)
+class ResultFile:
+    kind: str  # "sr", "sc" or "seg"
+    dataset: Dataset
+    encoded: bytes  # the DICOM file, file meta included
+
+
+@dataclass(frozen=True)
 class JobResult:
     finding: Finding
-    outputs: tuple[tuple[str, Dataset], ...]  # (kind, dataset) in the order they should be sent
+    outputs: tuple[ResultFile, ...]  # in the order they should be sent
     inference_ms: float  # what the network timed itself: its forward pass(es)
     explain_ms: float  # its Grad-CAM
     total_ms: float
-    writing_ms: float  # building the SR, SC and SEG datasets; the rest is decode, pre- and postprocessing
+    writing_ms: float  # building and encoding the SR, SC and SEG; the rest is decode, pre- and postprocessing
 
 
 def run_network(
@@ -80,15 +90,23 @@ def run_network(
             )
         if regions:
             built.append(("sc", build_key_image_sc(finding, ordered, series_uid=series_uid)))
+    files = tuple(ResultFile(kind, ds, _encoded(ds)) for kind, ds in built)
     finished = time.perf_counter()
     return JobResult(
         finding,
-        tuple(built),
+        files,
         finding.inference_ms,
         finding.explain_ms,
         (finished - started) * 1000,
         (finished - writing_started) * 1000,
     )
+
+
+def _encoded(ds: Dataset) -> bytes:
+    # highdicom names itself in the file meta; the file is scintnode's
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return encode_file(ds)
 
 
 def _result_study_first(

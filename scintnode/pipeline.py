@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from io import BytesIO
 from typing import Any, cast
 
 from pydicom import Dataset, dcmread
@@ -22,7 +21,6 @@ from scintnode.assemble import NM_OBJECT, ReadyUnit, collect_ready
 from scintnode.config import Settings
 from scintnode.db import INSERT_EVENTS, Database, Episode, Instance, Job, Output, event_row, in_list_chunks, utcnow
 from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
-from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.infer import InputError, run_network
 from scintnode.metrics import Metrics
 from scintnode.models.registry import Registry, UnknownNetwork
@@ -316,16 +314,14 @@ class Pipeline:
             log.exception("job %d crashed", job_id)
             self._fail(job_id, f"{type(exc).__name__}: {exc}")
             return True
-        stored = []
-        for kind, ds in result.outputs:
-            # highdicom names itself in the file meta; the file is scintnode's
-            ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-            ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            stored.append(
-                (kind, ds, self.spool.store_output(buffer.getvalue(), ds.StudyInstanceUID, ds.SOPInstanceUID))
+        stored = [
+            (
+                out.kind,
+                out.dataset,
+                self.spool.store_output(out.encoded, out.dataset.StudyInstanceUID, out.dataset.SOPInstanceUID),
             )
+            for out in result.outputs
+        ]
         finding = result.finding
         with self.db.session() as session:
             job = session.get(Job, job_id)

@@ -76,11 +76,11 @@ def test_seg_sr_and_key_image_are_valid_and_reference_each_other(phases: tuple[l
     native, enhanced = phases
     slots = ["unenhanced"] * len(native) + ["enhanced"] * len(enhanced)
     result = run_network(FixedMask(), [*native, *enhanced], ["seg", "sr", "sc"], slots=slots)  # type: ignore[arg-type]
-    kinds = [kind for kind, _ in result.outputs]
+    kinds = [out.kind for out in result.outputs]
     assert kinds == ["seg", "sr", "sc"]
     # the stand-in network is instant, so building the three objects is nearly all of the job
     assert result.total_ms / 2 < result.writing_ms <= result.total_ms
-    seg, sr, sc = (ds for _, ds in result.outputs)
+    seg, sr, sc = (out.dataset for out in result.outputs)
 
     assert_dciodvfy_clean(seg)
     assert seg.SegmentationType == "BINARY" and seg.FrameOfReferenceUID == native[0].FrameOfReferenceUID
