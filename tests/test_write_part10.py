@@ -72,23 +72,21 @@ def document(character_set: str | list[str] | None = None, **elements: object) -
 def test_every_result_of_the_networks_is_pydicoms_file_without_pydicoms_writer(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def refuse(ds: Dataset) -> bytes:
+        raise AssertionError(f"a {ds.Modality} result went the slow way, through pydicom's writer")
+
     network = default_registry().get(name)
-    results = [
-        run_network(network, job.sources, OUTPUTS.get(name, ("sr", "sc")), slots=job.slots)
-        for job in map(demo_job, CASES[name](tmp_path, 1, 7))
-    ]
+    with monkeypatch.context() as patched:
+        patched.setattr(part10, "_pydicom_file", refuse)
+        results = [
+            run_network(network, job.sources, OUTPUTS.get(name, ("sr", "sc")), slots=job.slots)
+            for job in map(demo_job, CASES[name](tmp_path, 1, 7))
+        ]
     files = [out for result in results for out in result.outputs]
     assert {out.kind for out in files} == set(OUTPUTS.get(name, ("sr", "sc")))
     for out in files:
         assert out.encoded == pydicom_bytes(out.dataset), f"{name} {out.kind}"
         assert dcmread(BytesIO(out.encoded)).SOPInstanceUID == out.dataset.SOPInstanceUID
-
-    def refuse(ds: Dataset) -> bytes:
-        raise AssertionError("a result went the slow way, through pydicom's writer")
-
-    monkeypatch.setattr(part10, "_pydicom_file", refuse)
-    for out in files:
-        encode_file(out.dataset)
 
 
 LATIN = "Müller^Jürgen"

@@ -5,10 +5,11 @@ pydicom writes every element through a chain of generic steps: a fresh buffer, t
 each nested data set, the character-set conversion, the VR writer looked up per element. An SR of about 550
 elements in 145 nested items took 7.5-8.5 ms to encode, twice what building it takes. The results here are
 data sets built in memory in Explicit VR Little Endian, so most elements need only their tag, VR, length and
-value bytes. `encode_file` writes those directly and hands every element it does not recognise to pydicom's
-own element writer: text that is not ASCII, or in a character set other than the default, Latin-1 or
-UTF-8; person names; dates held as date objects; sequences of undefined length; raw elements. A data set
-with an ambiguous VR anywhere, or any other transfer syntax, is saved by pydicom whole.
+value bytes. `encode_file` writes those directly, resolves an ambiguous VR (Pixel Data's "OB or OW") with
+pydicom's own function, and hands every element it does not recognise to pydicom's element writer: text
+that is not ASCII, or in a character set other than the default, Latin-1 or UTF-8; person names; dates held
+as date objects; sequences of undefined length. A data set holding raw elements (read from a file), or in
+any other transfer syntax, is saved by pydicom whole.
 tests/test_write_part10.py holds the bytes equal to `save_as` for every result the five networks write.
 """
 
@@ -22,7 +23,7 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
@@ -66,7 +67,7 @@ def encode_file(ds: Dataset) -> bytes:
     validate_file_meta(meta, enforce_standard=True)
     body: list[bytes] = []
     try:
-        _encode_dataset(ds, [default_encoding], body)
+        _encode_dataset(ds, [default_encoding], [], body)
     except _NeedsPydicom:
         return _pydicom_file(ds)
     if "PixelData" in ds:
@@ -76,7 +77,7 @@ def encode_file(ds: Dataset) -> bytes:
     head.write(preamble or _PREAMBLE)
     head.write(b"DICM")
     write_file_meta_info(head, meta, enforce_standard=True)
-    return bytes(head.getvalue()) + b"".join(body)
+    return b"".join([bytes(head.getvalue()), *body])  # one copy of the pixel data, not two
 
 
 def _pydicom_file(ds: Dataset) -> bytes:
@@ -85,8 +86,12 @@ def _pydicom_file(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _encode_dataset(ds: Dataset, parent_encodings: list[str], out: list[bytes]) -> None:
-    """Appends the elements of ``ds`` to ``out`` in tag order, in its own character set or its parent's."""
+def _encode_dataset(ds: Dataset, parent_encodings: list[str], parents: list[Dataset], out: list[bytes]) -> None:
+    """Appends the elements of ``ds`` to ``out`` in tag order, in its own character set or its parent's.
+
+    ``parents``: the data sets it is nested in, nearest first, where pydicom looks for the attributes that
+    resolve an ambiguous VR (Bits Allocated, Pixel Representation)."""
+    lineage = [ds, *parents]
     has_own = "SpecificCharacterSet" in ds
     own = ds.get("SpecificCharacterSet")
     encodings = convert_encodings(own or [default_encoding]) if has_own else parent_encodings
@@ -95,17 +100,22 @@ def _encode_dataset(ds: Dataset, parent_encodings: list[str], out: list[bytes]) 
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # pydicom does not write retired group lengths (PS3.5 7.2)
         element = ds.get_item(tag)
-        # pydicom resolves an ambiguous VR ("US or SS") from the context, and decodes a raw element again
-        if not isinstance(element, DataElement) or len(element.VR) != 2:
-            raise _NeedsPydicom
-        if not _append_element(element, encodings, ascii_safe, out):
+        if not isinstance(element, DataElement):
+            raise _NeedsPydicom  # pydicom decodes a raw element and encodes it again
+        if len(element.VR) != 2:  # "OB or OW", "US or SS": resolved in place, as pydicom's writer does
+            correct_ambiguous_vr_element(element, ds, True, lineage)
+            if len(element.VR) != 2:
+                raise _NeedsPydicom
+        if not _append_element(element, encodings, ascii_safe, lineage, out):
             fallback = DicomBytesIO()
             fallback.is_implicit_VR, fallback.is_little_endian = False, True
             write_data_element(fallback, element, own if has_own else encodings)
             out.append(fallback.getvalue())
 
 
-def _append_element(element: DataElement, encodings: list[str], ascii_safe: bool, out: list[bytes]) -> bool:
+def _append_element(
+    element: DataElement, encodings: list[str], ascii_safe: bool, lineage: list[Dataset], out: list[bytes]
+) -> bool:
     """Appends the encoded element to ``out``; False (nothing appended) where pydicom must write it."""
     vr = element.VR
     if vr == "SQ":
@@ -116,7 +126,7 @@ def _append_element(element: DataElement, encodings: list[str], ascii_safe: bool
             if getattr(item, "is_undefined_length_sequence_item", False):
                 return False
             body: list[bytes] = []
-            _encode_dataset(item, encodings, body)
+            _encode_dataset(item, encodings, lineage, body)
             encoded = b"".join(body)
             items += (_ITEM, struct.pack("<I", len(encoded)), encoded)
         value = b"".join(items)
