@@ -78,8 +78,7 @@ def test_seg_sr_and_key_image_are_valid_and_reference_each_other(phases: tuple[l
     result = run_network(FixedMask(), [*native, *enhanced], ["seg", "sr", "sc"], slots=slots)  # type: ignore[arg-type]
     kinds = [out.kind for out in result.outputs]
     assert kinds == ["seg", "sr", "sc"]
-    # the stand-in network is instant, so building the three objects is nearly all of the job
-    assert result.total_ms / 2 < result.writing_ms <= result.total_ms
+    assert 0 < result.writing_ms <= result.total_ms  # building and encoding are timed, inside the job
     seg, sr, sc = (out.dataset for out in result.outputs)
 
     assert_dciodvfy_clean(seg)
