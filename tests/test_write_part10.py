@@ -165,7 +165,20 @@ EDGE_CASES: dict[str, Callable[[], Dataset]] = {
     "a sequence of undefined length": lambda: _with_undefined_lengths(sequence=True),
     "an item of undefined length": lambda: _with_undefined_lengths(sequence=False),
     "raw elements read from a file": _raw_document,
+    "pixel data marked of undefined length": lambda: _with_undefined_length_bytes(),
 }
+
+
+def _with_undefined_length_bytes() -> Dataset:
+    """pydicom marks native Pixel Data of defined length before it resolves its VR (16 bits: OW); another
+    element marked of undefined length is written with a delimiter."""
+    ds = document(Rows=1, Columns=2, BitsAllocated=16, PixelRepresentation=0)
+    ds.add_new(0x7FE00010, "OB or OW", b"\x01\x00\x02\x00")
+    ds["PixelData"].is_undefined_length = True
+    ds.add_new(0x00091001, "OB", b"\x01\x02")
+    ds.add_new(0x00090010, "LO", "SCINTNODE")
+    ds[0x00091001].is_undefined_length = True
+    return ds
 
 
 def _with_ambiguous_vr() -> Dataset:

@@ -65,13 +65,13 @@ def encode_file(ds: Dataset) -> bytes:
         if in_meta is None or (in_data_set and in_data_set != in_meta):
             setattr(meta, meta_keyword, in_data_set)
     validate_file_meta(meta, enforce_standard=True)
+    if "PixelData" in ds:  # before its VR is resolved, which reads this flag
+        ds["PixelData"].is_undefined_length = False
     body: list[bytes] = []
     try:
         _encode_dataset(ds, [default_encoding], [], body)
     except _NeedsPydicom:
         return _pydicom_file(ds)
-    if "PixelData" in ds:
-        ds["PixelData"].is_undefined_length = False
     head = DicomBytesIO()
     head.is_implicit_VR, head.is_little_endian = False, True
     head.write(preamble or _PREAMBLE)
@@ -147,7 +147,7 @@ def _append_element(
 
 def _plain_value(element: DataElement, vr: str, ascii_safe: bool) -> bytes | None:
     """The value bytes of a non-sequence element as pydicom encodes them, None where pydicom must."""
-    if element.is_buffered:
+    if element.is_buffered or element.is_undefined_length:
         return None
     value = element.value
     if element.is_empty:
