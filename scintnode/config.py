@@ -78,6 +78,8 @@ class NodeSettings(_Strict):
     port: int = Field(11112, ge=0, le=65535)  # 0 picks a free port (tests)
     # calling AE titles (plain, or with an address/CIDR) allowed to send; None accepts any caller (logged)
     allowed_callers: list[CallerEntry] | None = None
+    # true: an association that calls another AE title than ae_title is rejected (a sender pointed at the wrong node)
+    require_called_ae_title: bool = False
     max_pdu: int = Field(131072, ge=0)
     network_timeout_seconds: float = Field(60, gt=0)
     max_associations: int = Field(32, ge=1)  # more are rejected (transient, local limit exceeded)

@@ -136,6 +136,7 @@ class Receiver:
             network_timeout=settings.network_timeout_seconds,
             max_associations=settings.max_associations,
             supported_contexts=storage_contexts(),
+            required_called_ae=settings.ae_title if settings.require_called_ae_title else None,
         )
         tls = settings.tls
         server = AcceptorServer(

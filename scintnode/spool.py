@@ -125,7 +125,12 @@ class Spool:
                 # durable together (fsync first, and ext4 pays a second commit for the name). Nobody is told of
                 # the file before this fsync and its folder's have returned.
                 linked = _link_if_absent(tmp, final)
-                os.fsync(handle.fileno())
+                try:
+                    os.fsync(handle.fileno())
+                except OSError:
+                    if linked:
+                        _unlink_if_same_file(final, handle.fileno())
+                    raise
                 if not linked:
                     # The name exists: a re-send, or a file whose fsync a crash cut short. It is never trusted,
                     # only replaced, and only by a copy already durable.
@@ -217,6 +222,16 @@ def _link_if_absent(source: Path, target: Path) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def _unlink_if_same_file(path: Path, fd: int) -> None:
+    """Take back a name given before a failed fsync: nobody was told of it, and its data may never reach the
+    disk. Only while it is still this file's name: a re-send of the same instance may have replaced it."""
+    try:
+        if os.path.samestat(os.stat(path), os.fstat(fd)):
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

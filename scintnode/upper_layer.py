@@ -41,6 +41,7 @@ P_DATA_TF_TYPE, A_RELEASE_RQ_TYPE, A_RELEASE_RP_TYPE, A_ABORT_TYPE = 0x04, 0x05,
 
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE title not recognised
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit exceeded
 # A-ABORT reasons from the service provider, PS3.8 9.3.8
 ABORT_UNRECOGNISED_PDU, ABORT_UNEXPECTED_PDU, ABORT_INVALID_PARAMETER = 0x01, 0x02, 0x06
@@ -103,12 +104,14 @@ class StorageService(Protocol):
 
 @dataclass(frozen=True)
 class AcceptorSettings:
-    """Like pynetdicom's acceptor, the node answers whatever called AE title it is asked by."""
+    """With no ``required_called_ae``, the node answers whatever called AE title it is asked by, as pynetdicom's
+    and Orthanc's acceptors do by default."""
 
     max_pdu: int  # advertised to requestors; 0 means no limit
     network_timeout: float
     max_associations: int
     supported_contexts: Sequence[PresentationContext]
+    required_called_ae: str | None = None  # set: a request for any other called AE title is rejected
 
 
 def _pdu(pdu_type: int, body: bytes) -> bytes:
@@ -202,6 +205,18 @@ class _Connection:
         except Exception as exc:  # pynetdicom raises assorted types for a malformed request
             raise ProtocolError(ABORT_INVALID_PARAMETER, f"malformed A-ASSOCIATE-RQ: {exc}") from exc
         calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        required = self.settings.required_called_ae
+        if required is not None and called != required:
+            log.warning(
+                "association from %r at %s rejected: it called %r, this node is %r",
+                calling,
+                self.address,
+                called,
+                required,
+            )
+            self._send(_reject(*REJECT_CALLED_AE))
+            return False
         if not self.server.service.admits(calling, self.address):
             self._send(_reject(*REJECT_CALLING_AE))
             return False
@@ -216,7 +231,7 @@ class _Connection:
             self._send(_reject(*REJECT_LOCAL_LIMIT))
             return False
         accept, contexts = self._negotiate(primitive)
-        self.association = Association(calling, str(primitive.called_ae_title).strip(), self.address, contexts)
+        self.association = Association(calling, called, self.address, contexts)
         self._send(accept)
         self.server.service.established(self.association)
         return True

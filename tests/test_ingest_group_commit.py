@@ -4,6 +4,7 @@ the supported contexts every association shares. Each test fails if its mechanis
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import stat
 import threading
@@ -304,6 +305,52 @@ def test_a_file_already_under_its_final_name_is_replaced_by_a_durable_copy_never
     assert contents_at_fsync == [b"\0" * len(data)]  # the old file stays until the new copy is durable
     assert spool.absolute(stored.path).read_bytes() == data
     assert list((spool.root / "tmp").iterdir()) == []
+
+
+def test_a_failed_fsync_takes_back_the_new_name_and_the_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
+    final.unlink()
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert not final.exists()  # the sender was refused; no unindexed file is left under an input's name
+    assert list((spool.root / "tmp").iterdir()) == []
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path).read_bytes() == b"first"
+
+
+def test_a_failed_fsync_leaves_a_name_that_another_write_has_since_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
+    final.unlink()
+    real_fsync = os.fsync
+
+    def replaced_then_failing_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            real_fsync(fd)
+            return
+        # a re-send on another association replaces the name before this write's fsync fails
+        other = tmp_path / "other"
+        other.write_bytes(b"first")
+        os.replace(other, final)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", replaced_then_failing_fsync)
+    with pytest.raises(OSError):
+        spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert final.read_bytes() == b"first"  # the other write's file is kept
 
 
 def test_series_share_bucket_folders_and_a_new_folder_has_its_parent_fsynced(

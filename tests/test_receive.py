@@ -130,6 +130,41 @@ def test_caller_not_on_the_allow_list_is_refused(receiver: Receiver, nm_file: NM
         assert session.scalars(select(Instance)).all() == []
 
 
+def echoscu(port: int, called: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["echoscu", "-d", "-aet", "GOODCAM", "-aec", called, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_any_called_ae_title_is_answered_by_default(receiver: Receiver) -> None:
+    result = echoscu(receiver.port, "OTHERNODE")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_sender_pointed_at_another_ae_title_is_refused_when_the_called_title_is_required(
+    tmp_path: Path, nm_file: NMFactory
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    db.create_schema()
+    settings = NodeSettings(ae_title="SCINTNODE", bind_address="127.0.0.1", port=0, require_called_ae_title=True)
+    rx = Receiver(db, Spool(tmp_path / "spool"), settings)
+    rx.start()
+    try:
+        refused = echoscu(rx.port, "OTHERNODE")
+        assert refused.returncode != 0
+        assert "Called AE Title Not Recognized" in refused.stdout + refused.stderr
+        assert storescu(rx.port, nm_file(), calling="GOODCAM").returncode == 0
+        with db.session() as session:
+            assert len(session.scalars(select(Instance)).all()) == 1
+    finally:
+        rx.stop()
+        db.dispose()
+
+
 def test_sop_class_that_does_not_match_the_request_is_refused(nm_file: NMFactory) -> None:
     # DCMTK and pynetdicom both take the request's SOP class from the data, so check the rule directly
     path = nm_file()
