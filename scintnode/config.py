@@ -147,6 +147,9 @@ class Settings(_Strict):
     # a job the node was running when it died this many times is failed at the next start, not run again: an
     # input that crashes the process (out of memory, a native fault) must not hold every later study back
     max_job_attempts: int = Field(3, ge=1)
+    # a job still running after this long fails, and the process exits (status 75) for its supervisor to restart
+    # it: a Python thread cannot be stopped, and one hung job would otherwise hold every later study
+    job_time_limit_seconds: float = Field(900, gt=0)
     # load every network at start (a first job then pays no loading time); off for short-lived test nodes
     preload_networks: bool = False
 

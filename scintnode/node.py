@@ -111,6 +111,8 @@ class Node:
             "retention", 3600, lambda: purge_expired(self.db, self.spool, self.settings.storage.retention_days)
         )
         self.housekeeping.every("rules-watch", 2.0, self.rules.reload_if_changed)
+        watchdog = self.pipeline.watchdog
+        self.housekeeping.every("job-watchdog", min(5.0, watchdog.limit_seconds / 4), watchdog.check)
         if self.shadow is not None:
             self.housekeeping.every("shadow-rules-watch", 2.0, self.shadow.reload_if_changed)
         self.housekeeping.start()

@@ -21,7 +21,8 @@ from scintnode.assemble import NM_OBJECT, ReadyUnit, collect_ready
 from scintnode.config import Settings
 from scintnode.db import INSERT_EVENTS, Database, Episode, Instance, Job, Output, event_row, in_list_chunks, utcnow
 from scintnode.episodes import Arrival, EpisodeKeeper, JobRequest
-from scintnode.infer import InputError, run_network
+from scintnode.infer import InputError, JobResult, run_network
+from scintnode.job_watchdog import JobWatchdog
 from scintnode.metrics import Metrics
 from scintnode.models.registry import Registry, UnknownNetwork
 from scintnode.route import RuleSet
@@ -105,6 +106,7 @@ class Pipeline:
         # the first arrival after a quiet spell is routed at once
         self.min_pass_seconds = 0.05
         self._last_pass = -math.inf
+        self.watchdog = JobWatchdog(settings.job_time_limit_seconds, self._fail)
 
     def recover(self) -> int:
         """Jobs left running by a stopped or crashed node go back to pending (their outputs never committed),
@@ -297,6 +299,21 @@ class Pipeline:
                 i.sop_instance_uid: i.path
                 for i in session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(inputs)))
             }
+        with self.watchdog.running(job_id):
+            self._run_claimed(job_id, network_name, outputs, inputs, slots, study_uid, predecessor_paths, paths)
+        return True
+
+    def _run_claimed(
+        self,
+        job_id: int,
+        network_name: str,
+        outputs: list[str],
+        inputs: list[str],
+        slots: list[str] | None,
+        study_uid: str,
+        predecessor_paths: list[str],
+        paths: dict[str, str],
+    ) -> None:
         try:
             missing = [uid for uid in inputs if uid not in paths]
             if missing:
@@ -309,11 +326,16 @@ class Pipeline:
             )
         except (InputError, UnknownNetwork, OSError, ValueError) as exc:
             self._fail(job_id, str(exc))
-            return True
+            return
         except Exception as exc:  # a broken network must not stop the node
             log.exception("job %d crashed", job_id)
             self._fail(job_id, f"{type(exc).__name__}: {exc}")
-            return True
+            return
+        with self.watchdog.committing():
+            self._commit(job_id, network_name, result)
+
+    def _commit(self, job_id: int, network_name: str, result: JobResult) -> None:
+        """Store the job's result files, index them with their deliveries, and mark the job done."""
         stored = [
             (
                 out.kind,
@@ -386,7 +408,6 @@ class Pipeline:
             result.explain_ms,
             result.total_ms,
         )
-        return True
 
     def _fail(self, job_id: int, error: str) -> None:
         log.error("job %d failed: %s", job_id, error)
