@@ -63,8 +63,8 @@ class JobWatchdog:
                     self._fail(
                         job_id,
                         f"still running after {time.monotonic() - started:.0f} s, over the time limit of "
-                        f"{self.limit_seconds:g} s (job_time_limit_seconds); the node restarted to free its worker, "
-                        "and the job is not run again",
+                        f"{self.limit_seconds:g} s (job_time_limit_seconds); the node exited (status {EXIT_HUNG_JOB}) "
+                        "to free its worker, and the job is not run again",
                     )
                 except Exception:  # the index may be what hangs: exit all the same, the next start re-queues it
                     log.exception("could not record job %d as failed", job_id)
