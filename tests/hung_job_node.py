@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-from scintnode.config import Settings
 from scintnode.models.registry import Network, Registry
 from scintnode.node import Node
 from tests.test_job_watchdog import hung_job_settings, pending_job
@@ -22,8 +21,7 @@ def never_loads() -> Network:
 
 
 def main(root: Path) -> int:
-    settings: Settings = hung_job_settings(root)
-    node = Node(settings, registry=Registry({"thyroid-resnet34": never_loads}))
+    node = Node(hung_job_settings(root), registry=Registry({"thyroid-resnet34": never_loads}))
     with node.db.session() as session:
         session.add(pending_job("hangs"))
     node.start()

@@ -281,9 +281,7 @@ def _at_each_file_fsync(monkeypatch: pytest.MonkeyPatch, look: Callable[[], T]) 
 def test_a_new_spool_file_has_its_name_before_its_fsync_and_leaves_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = Spool(tmp_path / "spool")
-    final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
-    final.unlink()
+    spool, final = _spool_with_a_free_name(tmp_path)
     seen = _at_each_file_fsync(monkeypatch, final.exists)
     stored = spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
     assert seen == [True]  # one journal commit covers the data and the name
@@ -307,47 +305,44 @@ def test_a_file_already_under_its_final_name_is_replaced_by_a_durable_copy_never
     assert list((spool.root / "tmp").iterdir()) == []
 
 
-def test_a_failed_fsync_takes_back_the_new_name_and_the_temporary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _spool_with_a_free_name(tmp_path: Path) -> tuple[Spool, Path]:
+    """A spool, and the final name its test instance gets, left free (the file was stored, then removed)."""
     spool = Spool(tmp_path / "spool")
     final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
     final.unlink()
-    real_fsync = os.fsync
+    return spool, final
 
-    def failing_fsync(fd: int) -> None:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EIO, "Input/output error")
-        real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", failing_fsync)
+def _io_error() -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_failed_fsync_takes_back_the_new_name_and_the_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool, final = _spool_with_a_free_name(tmp_path)
+    _at_each_file_fsync(monkeypatch, _io_error)
     with pytest.raises(OSError):
         spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
     assert not final.exists()  # the sender was refused; no unindexed file is left under an input's name
     assert list((spool.root / "tmp").iterdir()) == []
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.undo()
     assert spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path).read_bytes() == b"first"
 
 
 def test_a_failed_fsync_leaves_a_name_that_another_write_has_since_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = Spool(tmp_path / "spool")
-    final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
-    final.unlink()
-    real_fsync = os.fsync
+    spool, final = _spool_with_a_free_name(tmp_path)
 
-    def replaced_then_failing_fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            real_fsync(fd)
-            return
+    def replaced_then_failing() -> None:
         # a re-send on another association replaces the name before this write's fsync fails
         other = tmp_path / "other"
         other.write_bytes(b"first")
         os.replace(other, final)
-        raise OSError(errno.EIO, "Input/output error")
+        _io_error()
 
-    monkeypatch.setattr(os, "fsync", replaced_then_failing_fsync)
+    _at_each_file_fsync(monkeypatch, replaced_then_failing)
     with pytest.raises(OSError):
         spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
     assert final.read_bytes() == b"first"  # the other write's file is kept

@@ -12,7 +12,8 @@ from scintnode.db import Event, Job
 from scintnode.node import Node
 
 
-def _job(key: str, attempts: int, state: str = "running") -> Job:
+def job_row(key: str, attempts: int, state: str = "running", inputs: list[str] | None = None) -> Job:
+    """A thyroid job row as routing makes it, in `state` after `attempts` runs (inputs: one made-up UID)."""
     return Job(
         idempotency_key=key,
         rule_name="thyroid",
@@ -20,7 +21,7 @@ def _job(key: str, attempts: int, state: str = "running") -> Job:
         network="thyroid-resnet34",
         outputs=["sr", "sc"],
         destinations=["pacs"],
-        inputs=[f"1.2.3.{attempts}"],
+        inputs=[f"1.2.3.{attempts}"] if inputs is None else inputs,
         study_uid="1.2.3",
         state=state,
         attempts=attempts,
@@ -37,7 +38,9 @@ def test_an_interrupted_job_runs_again_until_it_was_interrupted_max_job_attempts
     )
     node = Node(settings)
     with node.db.session() as session:
-        session.add_all([_job("once", 1), _job("twice", 2), _job("thrice", 3), _job("waiting", 0, "pending")])
+        session.add_all(
+            [job_row("once", 1), job_row("twice", 2), job_row("thrice", 3), job_row("waiting", 0, "pending")]
+        )
     assert node.pipeline.recover() == 2
     with node.db.session() as session:
         jobs = {job.idempotency_key: job for job in session.scalars(select(Job))}

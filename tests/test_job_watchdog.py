@@ -18,6 +18,7 @@ from scintnode.db import Database, Event, Job
 from scintnode.job_watchdog import EXIT_HUNG_JOB
 from scintnode.models.registry import Network, Registry
 from scintnode.node import Node
+from tests.test_job_recovery import job_row
 
 LIMIT_SECONDS = 0.5
 REPO = Path(__file__).resolve().parents[1]
@@ -37,18 +38,7 @@ def hung_job_settings(root: Path) -> Settings:
 
 def pending_job(key: str) -> Job:
     # no inputs, so the job goes straight to loading its network, which the tests make hang or fail
-    return Job(
-        idempotency_key=key,
-        rule_name="thyroid",
-        ruleset_version="test",
-        network="thyroid-resnet34",
-        outputs=["sr", "sc"],
-        destinations=["pacs"],
-        inputs=[],
-        study_uid="1.2.3",
-        state="pending",
-        attempts=0,
-    )
+    return job_row(key, 0, "pending", inputs=[])
 
 
 def jobs_by_key(db: Database) -> dict[str, Job]:
