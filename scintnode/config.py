@@ -84,6 +84,9 @@ class NodeSettings(_Strict):
     network_timeout_seconds: float = Field(60, gt=0)
     max_associations: int = Field(32, ge=1)  # more are rejected (transient, local limit exceeded)
     max_connections: int = Field(64, ge=1)  # TCP connections, associated or not; more are closed at once
+    # how long a stop (SIGTERM, or the exit after a hung job) waits for associations in progress to end, with
+    # new ones refused; a sender cut off keeps what was not acknowledged, but some modalities do not resend
+    drain_seconds: float = Field(30, ge=0)
     tls: TlsSettings | None = None
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: _ae_title(v)))

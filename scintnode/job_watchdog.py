@@ -2,8 +2,9 @@
 
 A Python thread cannot be stopped from outside, so the only way to free the worker is a new process. The job
 is marked failed (it is not run again) and the process exits with EXIT_HUNG_JOB, for its supervisor (the
-container's restart policy, systemd's Restart=) to start it again. Everything acknowledged is already durable;
-associations in flight are cut, and their senders still hold whatever was not acknowledged."""
+container's restart policy, systemd's Restart=) to start it again. Before it exits, `before_exit` lets the
+associations in progress end (the node refuses new ones and waits up to node.drain_seconds). Everything
+acknowledged is already durable; a sender still cut off holds whatever was not acknowledged."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class JobWatchdog:
         self.limit_seconds = limit_seconds
         self._fail = fail
         self.exit_process: Callable[[int], None] = os._exit  # tests record the exit instead
+        self.before_exit: Callable[[], None] = lambda: None  # the node drains its associations here
         self._lock = threading.Lock()
         self._current: tuple[int, float] | None = None
         # held while a job's outputs are committed, so a job is never both failed here and committed as done
@@ -85,11 +87,16 @@ class JobWatchdog:
 
     def _exit(self, job_id: int) -> None:
         log.critical(
-            "job %d has run past its time limit of %g s; exiting with status %d for the supervisor to restart the node",
+            "job %d has run past its time limit of %g s; exiting with status %d for the supervisor to restart the "
+            "node, once the associations in progress end",
             job_id,
             self.limit_seconds,
             EXIT_HUNG_JOB,
         )
+        try:
+            self.before_exit()
+        except Exception:  # the exit is what frees the worker: nothing may stand in its way
+            log.exception("could not wait for the associations in progress; exiting all the same")
         for handler in logging.getLogger().handlers:
             handler.flush()
         self.exit_process(EXIT_HUNG_JOB)

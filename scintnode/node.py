@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from scintnode.config import Settings
@@ -112,6 +113,7 @@ class Node:
         )
         self.housekeeping.every("rules-watch", 2.0, self.rules.reload_if_changed)
         watchdog = self.pipeline.watchdog
+        watchdog.before_exit = lambda: self.receiver.stop(self.settings.node.drain_seconds)
         self.housekeeping.every("job-watchdog", min(5.0, watchdog.limit_seconds / 4), watchdog.check)
         if self.shadow is not None:
             self.housekeeping.every("shadow-rules-watch", 2.0, self.shadow.reload_if_changed)
@@ -125,15 +127,19 @@ class Node:
         self.pid_file.write_text(f"{os.getpid()}\n")
 
     def stop(self) -> None:
-        """Stop taking associations, let the job in progress finish, then stop housekeeping."""
-        log.info("stopping: no new associations; finishing the job in progress")
-        self.receiver.stop()
-        if self.web is not None:
-            self.web.stop()
+        """Refuse new associations and let those in progress end, finish the job in progress, stop housekeeping.
+
+        The associations drain (up to node.drain_seconds) while the job finishes (up to stop_timeout_seconds from
+        the stop); what arrives meanwhile is stored and routed at the next start."""
+        log.info("stopping: no new associations; finishing those in progress and the job in progress")
+        deadline = time.monotonic() + self.settings.stop_timeout_seconds
         self._stopping.set()
         self._wake.set()
+        self.receiver.stop(self.settings.node.drain_seconds)
+        if self.web is not None:
+            self.web.stop()
         if self._worker.is_alive():
-            self._worker.join(timeout=self.settings.stop_timeout_seconds)
+            self._worker.join(timeout=max(0.0, deadline - time.monotonic()))
         self.housekeeping.stop()
         self.db.dispose()
         self.pid_file.unlink(missing_ok=True)

@@ -162,12 +162,24 @@ class Receiver:
             else "",
         )
 
-    def stop(self) -> None:
-        """Stop accepting associations; lets those in progress finish their current instance."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def stop(self, drain_seconds: float = 0.0) -> None:
+        """Refuse new connections, then wait up to ``drain_seconds`` for the associations in progress to end.
+
+        They are served as usual meanwhile, so a modality part-way through a study finishes sending it."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            if server.open_connections:
+                log.info("waiting up to %g s for %d connection(s) to end", drain_seconds, server.open_connections)
+            left = server.wait_until_idle(drain_seconds)
+            if left:
+                log.warning(
+                    "%d connection(s) still open after %g s (node.drain_seconds) are cut; their senders keep "
+                    "every instance not yet acknowledged",
+                    left,
+                    drain_seconds,
+                )
         self.index_writer.close()
 
     # -- association bookkeeping (the Upper Layer's StorageService) -----------------------------------

@@ -383,6 +383,7 @@ class AcceptorServer(socketserver.ThreadingTCPServer):
         self.max_connections = max_connections
         self.tls = tls
         self._lock = threading.Lock()
+        self._closed = threading.Condition(self._lock)  # notified each time a connection ends
         self.open_connections = 0
         self.open_associations = 0
         super().__init__(address, socketserver.BaseRequestHandler)
@@ -429,9 +430,16 @@ class AcceptorServer(socketserver.ThreadingTCPServer):
         except Exception:  # one connection's failure must never reach the accept loop
             log.exception("connection from %s failed", address)
         finally:
+            self.shutdown_request(sock)
             with self._lock:
                 self.open_connections -= 1
-            self.shutdown_request(sock)
+                self._closed.notify_all()
+
+    def wait_until_idle(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for every connection to end; the number still open when it returns."""
+        with self._closed:
+            self._closed.wait_for(lambda: self.open_connections == 0, timeout=timeout)
+            return self.open_connections
 
     def association_started(self) -> bool:
         with self._lock:
