@@ -36,6 +36,30 @@ def test_sliding_windows_cover_any_volume_size(shape: tuple[int, int, int]) -> N
     assert probability.shape == shape and probability.min() >= 0.0 and probability.max() <= 1.0
 
 
+class FirstChannel(torch.nn.Module):
+    """A stand-in U-Net whose logit at each voxel is its first input channel, recording each pass's batch."""
+
+    multiple = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return x[:, :1]
+
+
+def test_windows_run_in_pairs_and_each_lands_where_it_was_cut() -> None:
+    # 9 windows of (16, 32, 32) over (16, 72, 72): four pairs and a lone window
+    channels = np.random.default_rng(1).normal(0.0, 2.0, (2, 16, 72, 72)).astype(np.float32)
+    model = FirstChannel()
+    probability = ct_unet.predict_probability(model, channels, window_voxels=(16, 32, 32))  # type: ignore[arg-type]
+    np.testing.assert_allclose(probability, torch.sigmoid(torch.from_numpy(channels[0])).numpy(), atol=1e-6)
+    assert model.batches == [2, 2, 2, 2, 2], "every pass holds two windows (the lone one paired with itself)"
+
+
 def test_components_are_26_connected_and_small_ones_dropped() -> None:
     mask = np.zeros((12, 12, 12), dtype=bool)
     mask[1:5, 1:5, 1:5] = True  # 64 voxels

@@ -11,7 +11,16 @@ from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
-from scintnode.models.ct_volume import Grid, VolumeNotUsable, assemble_volume, grid_to_slices, resample_to_grid
+from scintnode.models import ct_volume
+from scintnode.models.ct_volume import (
+    CTVolume,
+    Grid,
+    VolumeNotUsable,
+    assemble_volume,
+    grid_to_slices,
+    resample_to_grid,
+    sample_array,
+)
 from scintnode.phantoms.ct import build_ct_series
 from scintnode.phantoms.nm import Patient, StudyInfo
 
@@ -127,3 +136,92 @@ def test_a_grid_beyond_the_other_phase_is_filled_with_air() -> None:
     second = assemble_volume(series(np.full((4, 8, 8), 40.0), (1.0, 1.0, 1.0), (0.0, 0.0, 2.0)))
     sampled = resample_to_grid(second, Grid.over(first, 1.0))
     assert sampled[0].max() == pytest.approx(-1024.0) and sampled[3].min() == pytest.approx(40.0, abs=0.5)
+
+
+def volume_on(
+    hu: np.ndarray,
+    origin: tuple[float, float, float],
+    pixel_spacing: tuple[float, float],
+    slice_offsets: list[float],
+    row_direction: tuple[float, float, float] = (1.0, 0.0, 0.0),
+    column_direction: tuple[float, float, float] = (0.0, 1.0, 0.0),
+    drift_mm: float = 0.0,
+) -> CTVolume:
+    """A volume built directly: slices at `slice_offsets` along the normal, each shifted in-plane by
+    index * drift_mm along the row direction (within the tilt tolerance)."""
+    rows, columns = np.asarray(row_direction, dtype=np.float64), np.asarray(column_direction, dtype=np.float64)
+    normal = np.cross(rows, columns)
+    index = np.arange(len(slice_offsets), dtype=np.float64)[:, None]
+    positions = np.asarray(origin) + np.asarray(slice_offsets)[:, None] * normal + index * drift_mm * rows
+    uids = tuple(f"1.2.826.0.1.3680043.2.1125.{i}" for i in range(len(slice_offsets)))
+    return CTVolume(hu.astype(np.float32), positions, rows, columns, pixel_spacing, uids, "1.2.826.0.1.3680043.2.1")
+
+
+def resampled_point_by_point(volume: CTVolume, grid: Grid) -> np.ndarray:
+    """The oracle: every grid point sampled with the general trilinear sampler."""
+    points = np.concatenate([grid.points(k) for k in range(grid.shape[0])])
+    return sample_array(volume.hu, volume.fractional_indices(points), grid.shape, -1024.0)
+
+
+def returned_point_by_point(values: np.ndarray, grid: Grid, volume: CTVolume) -> np.ndarray:
+    rows, columns = volume.hu.shape[1:]
+    r = np.arange(rows)[:, None, None] * volume.pixel_spacing[0] * volume.column_direction
+    c = np.arange(columns)[None, :, None] * volume.pixel_spacing[1] * volume.row_direction
+    points = np.concatenate([position + (r + c).reshape(-1, 3) for position in volume.positions])
+    return sample_array(values, grid.indices(points), volume.hu.shape, 0.0)
+
+
+def test_resampling_axis_by_axis_equals_sampling_every_point() -> None:
+    rng = np.random.default_rng(5)
+    reference = volume_on(rng.normal(0, 300, (9, 14, 12)), (0.0, 0.0, 0.0), (1.0, 1.0), [0, 2, 4, 6, 8, 10, 12, 14, 16])
+    grid = Grid.over(reference, 0.7)
+    # another phase with its own origin, pixel spacing and uneven slices, reaching past the grid on some sides
+    offsets = [0.0, 1.5, 2.5, 5.0, 6.0, 9.0, 11.0]
+    other = volume_on(rng.normal(0, 300, (7, 20, 18)), (-3.3, -1.9, 1.1), (0.8, 0.9), offsets)
+    for volume in (reference, other):
+        expected = resampled_point_by_point(volume, grid)
+        np.testing.assert_allclose(resample_to_grid(volume, grid), expected, atol=0.01)
+    assert (expected == -1024.0).any() and (expected != -1024.0).any()
+    probability = rng.random(grid.shape, dtype=np.float32)
+    for volume in (reference, other):
+        back = grid_to_slices(probability, Grid.over(volume, 0.7) if volume is other else grid, volume)
+        expected = returned_point_by_point(probability, Grid.over(volume, 0.7) if volume is other else grid, volume)
+        np.testing.assert_allclose(back, expected, atol=1e-5)
+
+
+def test_drifting_slices_and_rotated_phases_are_sampled_point_by_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(6)
+    offsets = [0.0, 2.0, 4.0, 6.0, 8.0]
+    aligned = volume_on(rng.normal(0, 300, (5, 10, 10)), (0.0, 0.0, 0.0), (1.0, 1.0), offsets)
+    grid = Grid.over(aligned, 1.0)
+    probability = rng.random(grid.shape, dtype=np.float32)
+    calls: list[int] = []
+    general = ct_volume.sample_array
+
+    def counted(*args: object) -> np.ndarray:
+        calls.append(1)
+        return general(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ct_volume, "sample_array", counted)
+    resample_to_grid(aligned, grid)
+    grid_to_slices(probability, grid, aligned)
+    assert not calls, "a phase on the grid's own axes is sampled axis by axis"
+
+    # slices drifting 0.03 mm each in-plane (under the tilt tolerance): each lands a little off the grid's rows
+    drifting = volume_on(aligned.hu, (0.0, 0.0, 0.0), (1.0, 1.0), offsets, drift_mm=0.03)
+    np.testing.assert_allclose(
+        grid_to_slices(probability, grid, drifting), returned_point_by_point(probability, grid, drifting), atol=1e-5
+    )
+    # a phase scanned at 10 degrees about the patient's z axis
+    turn = np.deg2rad(10.0)
+    rotated = volume_on(
+        aligned.hu,
+        (-2.0, 1.0, 0.5),
+        (1.0, 1.0),
+        offsets,
+        (np.cos(turn), np.sin(turn), 0.0),
+        (-np.sin(turn), np.cos(turn), 0.0),
+    )
+    calls.clear()
+    np.testing.assert_allclose(resample_to_grid(rotated, grid), resampled_point_by_point(rotated, grid), atol=0.01)
+    assert len(calls) == grid.shape[0], "a rotated phase is sampled point by point, slice by slice"

@@ -22,6 +22,8 @@ from pydicom import Dataset
 _TOLERANCE = 1e-3
 # Slice offsets off the normal, in mm, below which a series counts as untilted (rounding in headers).
 _TILT_TOLERANCE_MM = 0.05
+# Resampling goes axis by axis when the geometry keeps each other index within this many voxels of constant.
+_SEPARABLE_TOLERANCE = 1e-3
 
 
 class VolumeNotUsable(ValueError):
@@ -51,6 +53,12 @@ class CTVolume:
     def slice_offsets(self) -> np.ndarray:
         """Each slice's distance along the normal (mm), increasing."""
         return np.asarray(self.positions @ self.normal, dtype=np.float64)
+
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Slice spacing (the smallest gap; 1 mm for one slice), row and column spacing."""
+        offsets = self.slice_offsets
+        gap = float(np.diff(offsets).min()) if len(offsets) > 1 else 1.0
+        return (gap, *self.pixel_spacing)
 
     def fractional_indices(self, points: np.ndarray) -> np.ndarray:
         """(slice, row, column) fractional indices of patient points (n, 3); outside the volume they lie
@@ -94,8 +102,8 @@ class Grid:
 
     def points(self, index: int) -> np.ndarray:
         """Patient coordinates of the voxels of grid slice `index`, (rows * columns, 3), row-major."""
-        r = np.arange(self.shape[1], dtype=np.float64)[:, None, None] * self.axes[1]
-        c = np.arange(self.shape[2], dtype=np.float64)[None, :, None] * self.axes[2]
+        r = np.arange(self.shape[1], dtype=np.float64)[:, None, None] * self.spacing_mm * self.axes[1]
+        c = np.arange(self.shape[2], dtype=np.float64)[None, :, None] * self.spacing_mm * self.axes[2]
         points: np.ndarray = (self.origin + index * self.spacing_mm * self.axes[0] + r + c).reshape(-1, 3)
         return points
 
@@ -105,7 +113,15 @@ class Grid:
 
 
 def resample_to_grid(volume: CTVolume, grid: Grid, fill: float = -1024.0) -> np.ndarray:
-    """`volume`'s HU on `grid` (trilinear; `fill` where the grid reaches past the volume), slice by slice."""
+    """`volume`'s HU on `grid` (trilinear; `fill` where the grid reaches past the volume).
+
+    Axis by axis when the grid lies on the volume's axes (the reference phase, and a phase scanned in the same
+    orientation); otherwise point by point, slice by slice."""
+    axes = _steps(grid.axes, (grid.spacing_mm,) * 3, grid.shape)
+    volume_axes = np.stack([volume.normal, volume.column_direction, volume.row_direction])
+    if _aligned(axes, volume_axes, volume.spacing_mm()):
+        lines = [volume.fractional_indices(grid.origin + step) for step in axes]
+        return sample_separable(volume.hu, [line[:, axis] for axis, line in enumerate(lines)], fill)
     rows, columns = grid.shape[1:]
     return np.stack(
         [
@@ -116,14 +132,35 @@ def resample_to_grid(volume: CTVolume, grid: Grid, fill: float = -1024.0) -> np.
 
 
 def grid_to_slices(values: np.ndarray, grid: Grid, volume: CTVolume) -> np.ndarray:
-    """A map on `grid` (e.g. a probability) brought back onto `volume`'s own slices, slice by slice."""
+    """A map on `grid` (e.g. a probability) brought back onto `volume`'s own slices (trilinear, 0 outside)."""
     rows, columns = volume.hu.shape[1:]
-    r = np.arange(rows, dtype=np.float64)[:, None, None] * volume.pixel_spacing[0] * volume.column_direction
-    c = np.arange(columns, dtype=np.float64)[None, :, None] * volume.pixel_spacing[1] * volume.row_direction
-    plane = (r + c).reshape(-1, 3)
+    first = volume.positions[0]
+    in_plane = _steps(np.stack([volume.column_direction, volume.row_direction]), volume.pixel_spacing, (rows, columns))
+    # the slices' own offsets, so an in-plane drift of their positions (below the tilt tolerance) counts too
+    axes = [volume.positions - first, *in_plane]
+    if _aligned(axes, grid.axes, (grid.spacing_mm,) * 3):
+        lines = [grid.indices(volume.positions), *(grid.indices(first + step) for step in in_plane)]
+        return sample_separable(values, [line[:, axis] for axis, line in enumerate(lines)], 0.0)
+    plane = (in_plane[0][:, None] + in_plane[1][None, :]).reshape(-1, 3)
     return np.stack(
         [sample_array(values, grid.indices(position + plane), (rows, columns), 0.0) for position in volume.positions]
     )
+
+
+def _steps(directions: np.ndarray, spacings: Sequence[float], counts: Sequence[int]) -> list[np.ndarray]:
+    """Per axis, the (count, 3) patient offsets of its voxels from the first: index * spacing * direction."""
+    return [
+        np.arange(count, dtype=np.float64)[:, None] * spacing * direction
+        for direction, spacing, count in zip(directions, spacings, counts, strict=True)
+    ]
+
+
+def _aligned(target_steps: Sequence[np.ndarray], source_axes: np.ndarray, source_spacing: Sequence[float]) -> bool:
+    """Whether moving along each target axis, over its whole extent, moves along one source axis only (other
+    source indices change by at most _SEPARABLE_TOLERANCE voxels), so trilinear sampling separates by axis."""
+    reach = np.stack([np.abs(steps @ source_axes.T).max(axis=0) for steps in target_steps])
+    reach /= np.asarray(source_spacing, dtype=np.float64)[None, :]
+    return bool((reach[~np.eye(3, dtype=bool)] <= _SEPARABLE_TOLERANCE).all())
 
 
 def assemble_volume(datasets: Sequence[Dataset]) -> CTVolume:
@@ -194,6 +231,39 @@ def sample_array(array: np.ndarray, indices: np.ndarray, shape: tuple[int, ...],
     result = values.view(-1).numpy().copy()
     result[((indices < -0.5) | (indices > sizes - 0.5)).any(axis=1)] = fill
     return result.reshape(shape).astype(np.float32)
+
+
+def sample_separable(array: np.ndarray, indices: Sequence[np.ndarray], fill: float) -> np.ndarray:
+    """Trilinear values of a (slices, rows, columns) array on the outer product of per-axis fractional indices
+    (three 1-D arrays); `fill` outside, as `sample_array` does point by point. Trilinear weights are the product
+    of per-axis linear weights, so each slice is two blends of rows and columns."""
+    (z0, z1, wz, z_out), (r0, r1, wr, r_out), (c0, c1, wc, c_out) = (
+        _linear_weights(np.asarray(index, dtype=np.float64), size)
+        for index, size in zip(indices, array.shape, strict=True)
+    )
+    source = np.asarray(array, dtype=np.float32)
+    result = np.empty((len(z0), len(r0), len(c0)), dtype=np.float32)
+    wr, wc = wr[:, None], wc[None, :]
+    for k in range(len(z0)):
+        if z_out[k]:
+            result[k] = fill
+            continue
+        plane = source[z0[k]] if wz[k] == 0.0 else source[z0[k]] * (1.0 - wz[k]) + source[z1[k]] * wz[k]
+        rows = plane[r0] * (1.0 - wr) + plane[r1] * wr
+        result[k] = rows[:, c0] * (1.0 - wc) + rows[:, c1] * wc
+    result[:, r_out, :] = fill
+    result[:, :, c_out] = fill
+    return result
+
+
+def _linear_weights(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper neighbour, upper weight, and outside flag of fractional indices on an axis of `size`
+    (clamped to the end voxels within half a voxel, as grid_sample's border padding is)."""
+    clamped = np.clip(index, 0.0, size - 1.0)
+    lower = np.minimum(np.floor(clamped).astype(np.intp), max(size - 2, 0))
+    upper = np.minimum(lower + 1, size - 1)
+    weight = (clamped - lower).astype(np.float32)
+    return lower, upper, weight, (index < -0.5) | (index > size - 0.5)
 
 
 def _hounsfield(ds: Dataset, where: str) -> np.ndarray:
