@@ -182,11 +182,11 @@ def test_resampling_axis_by_axis_equals_sampling_every_point() -> None:
         expected = resampled_point_by_point(volume, grid)
         np.testing.assert_allclose(resample_to_grid(volume, grid), expected, atol=0.01)
     assert (expected == -1024.0).any() and (expected != -1024.0).any()
-    probability = rng.random(grid.shape, dtype=np.float32)
-    for volume in (reference, other):
-        back = grid_to_slices(probability, Grid.over(volume, 0.7) if volume is other else grid, volume)
-        expected = returned_point_by_point(probability, Grid.over(volume, 0.7) if volume is other else grid, volume)
-        np.testing.assert_allclose(back, expected, atol=1e-5)
+    for volume in (reference, other):  # a map on a grid over the phase, brought back onto its slices
+        own_grid = Grid.over(volume, 0.7)
+        probability = rng.random(own_grid.shape, dtype=np.float32)
+        back = grid_to_slices(probability, own_grid, volume)
+        np.testing.assert_allclose(back, returned_point_by_point(probability, own_grid, volume), atol=1e-5)
 
 
 def test_drifting_slices_and_rotated_phases_are_sampled_point_by_point(monkeypatch: pytest.MonkeyPatch) -> None:
