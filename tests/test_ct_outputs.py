@@ -150,3 +150,20 @@ def _uidrefs(ds: Dataset) -> list[str]:
             found.append(str(item.UID))
         found.extend(_uidrefs(item))
     return found
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_each_regions_key_slice_is_the_middle_of_its_voxels(seed: int) -> None:
+    labels = np.random.default_rng(seed).choice(4, size=(12, 9, 7), p=[0.9, 0.06, 0.03, 0.01]).astype(np.uint8)
+    if seed == 0:
+        labels[labels == 3] = 0  # a region without voxels
+    volume = VolumeMask(labels, tuple(str(k) for k in range(12)), "1.2.3", ())
+    for number in (1, 2, 3):
+        per_slice = (labels == number).sum(axis=(1, 2))  # the oracle: every slice counted on its own
+        if not per_slice.any():
+            with pytest.raises(ValueError, match=f"region {number} has no voxel"):
+                volume.centre_slice(number)
+            continue
+        assert volume.centre_slice(number) == round(float(np.average(np.arange(12), weights=per_slice)))
+    with pytest.raises(ValueError, match="region 9 has no voxel"):
+        volume.centre_slice(9)

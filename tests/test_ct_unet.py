@@ -65,11 +65,92 @@ def test_components_are_26_connected_and_small_ones_dropped() -> None:
     mask[1:5, 1:5, 1:5] = True  # 64 voxels
     mask[5, 5, 5] = True  # touches the cube only at a corner: same component
     mask[9:11, 9:11, 9:11] = True  # 8 voxels, a separate one
-    labels, count = ct_unet.label_components(mask)
-    assert count == 2 and labels[5, 5, 5] == labels[1, 1, 1] != labels[9, 9, 9]
+    mask[7, 1, 10] = mask[9, 1, 10] = True  # the same spot two slices apart, an empty slice between
+    labels, count = dense_components(mask)
+    assert count == 4 and labels[5, 5, 5] == labels[1, 1, 1] != labels[9, 9, 9]
+    assert labels[7, 1, 10] != labels[9, 1, 10]
     detection = ct_unet.detect(mask.astype(np.float32) * 0.9, voxel_mm3=1.0)
     assert detection.gland_probabilities == pytest.approx((0.9,))  # the 8 mm^3 one is under MIN_GLAND_MM3
     assert int((detection.labels == 1).sum()) == 65
+
+
+def dense_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    voxels, ids, count = ct_unet.voxel_components(mask)
+    labels = np.zeros(mask.shape, dtype=np.int64)
+    labels[voxels] = ids
+    return labels, count
+
+
+def flood_fill_components(mask: np.ndarray) -> np.ndarray:
+    """The oracle: 26-connected components by breadth-first search from every unvisited voxel."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    steps = [d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)]
+    count = 0
+    for seed in zip(*np.nonzero(mask), strict=True):
+        if labels[seed]:
+            continue
+        count += 1
+        labels[seed] = count
+        queue = [seed]
+        while queue:
+            voxel = queue.pop()
+            for step in steps:
+                near = tuple(v + s - 1 for v, s in zip(voxel, step, strict=True))
+                inside = all(0 <= n < size for n, size in zip(near, mask.shape, strict=True))
+                if inside and mask[near] and not labels[near]:
+                    labels[near] = count
+                    queue.append(near)
+    return labels
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_components_equal_a_flood_fill(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # sparse noise, diagonal chains across slices, and U shapes whose arms meet only slices later
+    mask = rng.random((9, 14, 15)) < [0.05, 0.15, 0.3][seed % 3]
+    labels, count = dense_components(mask)
+    expected = flood_fill_components(mask)
+    assert count == expected.max() and set(np.unique(labels)) == set(range(count + 1))
+    pairs = np.unique(np.stack([labels.ravel(), expected.ravel()]), axis=1)
+    assert pairs.shape[1] == count + 1, "the same voxels share a label in both"
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    where = np.argwhere(mask)
+    return tuple(slice(int(low), int(high) + 1) for low, high in zip(where.min(axis=0), where.max(axis=0), strict=True))
+
+
+def whole_volume_detection(probability: np.ndarray, voxel_mm3: float) -> list[np.ndarray]:
+    """The oracle: components by flood fill; each kept gland's mask, largest first."""
+    components = flood_fill_components(probability >= ct_unet.THRESHOLD)
+    count = int(components.max())
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    kept = [n for n in range(1, count + 1) if sizes[n] * voxel_mm3 >= ct_unet.MIN_GLAND_MM3]
+    return [components == n for n in sorted(kept, key=lambda n: -sizes[n])[: ct_unet.MAX_GLANDS]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_glands_equal_those_of_a_flood_fill(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    probability = rng.uniform(0.0, 0.45, (30, 80, 90)).astype(np.float32)
+    for _ in range(rng.integers(2, 9)):  # blobs of 1 to 300 voxels anywhere, some at the volume's edges
+        start = [int(rng.integers(0, n - 1)) for n in probability.shape]
+        box = tuple(slice(s, s + int(rng.integers(1, 8))) for s in start)
+        probability[box] = np.where(rng.random(probability[box].shape) < 0.9, rng.uniform(0.5, 1.0), 0.2)
+    detection = ct_unet.detect(probability, voxel_mm3=0.5)
+    expected = whole_volume_detection(probability, voxel_mm3=0.5)
+    assert detection.labels.dtype == np.uint8 and detection.labels.shape == probability.shape
+    assert len(detection.gland_probabilities) == len(expected) == len(detection.gland_boxes)
+    for number, (inside, box) in enumerate(zip(expected, detection.gland_boxes, strict=True), start=1):
+        assert np.array_equal(detection.labels == number, inside)
+        assert detection.gland_probabilities[number - 1] == float(probability[inside].max())
+        assert box == bounding_box(inside)
+    assert int(detection.labels.max()) == len(expected)
+
+
+def test_nothing_over_the_threshold_finds_no_gland() -> None:
+    detection = ct_unet.detect(np.full((5, 6, 7), ct_unet.THRESHOLD - 1e-3, np.float32), voxel_mm3=1.0)
+    assert detection.gland_probabilities == () and detection.gland_boxes == () and not detection.labels.any()
 
 
 def test_single_inputs_and_missing_phases_are_refused_clearly(network: ct_unet.CTParathyroidNetwork) -> None:

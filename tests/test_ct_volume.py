@@ -98,6 +98,18 @@ def test_mixed_orientations_and_duplicates_are_refused() -> None:
         assemble_volume([*series(ramp((2, 8, 8))), *series(ramp((2, 8, 8)))])
 
 
+def test_slices_that_do_not_decode_to_one_grey_frame_are_refused() -> None:
+    slices = series(ramp((3, 8, 8)))
+    slices[1].PixelData = slices[1].PixelData[:10]  # cut short in transit
+    with pytest.raises(VolumeNotUsable, match=f"cannot decode slice {slices[1].SOPInstanceUID}"):
+        assemble_volume(slices)
+    slices = series(ramp((3, 8, 8)))
+    for ds in slices:  # each slice's bytes read as two frames of 4x8
+        ds.NumberOfFrames, ds.Rows = 2, 4
+    with pytest.raises(VolumeNotUsable, match="not a single grey frame"):
+        assemble_volume(slices)
+
+
 def test_uneven_spacing_is_interpolated_between_the_real_slice_positions() -> None:
     # a field linear in z (mm) sampled at uneven positions must come back linear on an even grid
     positions = [0.0, 1.0, 2.0, 4.0, 5.0, 8.0]

@@ -102,10 +102,13 @@ class UNet3D(nn.Module):
         return self.head(y)  # type: ignore[no-any-return]
 
 
-def window(hu: np.ndarray) -> np.ndarray:
-    """HU to 0..1 in the soft-tissue window (float32)."""
+def window(hu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """HU to 0..1 in the soft-tissue window (float32), into `out` when given; in place, as a CT grid is
+    some 10 million voxels."""
     low, high = WINDOW_HU
-    windowed: np.ndarray = np.clip((np.asarray(hu, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
+    windowed: np.ndarray = np.subtract(hu, low, out=out, dtype=np.float32)
+    windowed /= high - low
+    np.clip(windowed, 0.0, 1.0, out=windowed)
     return windowed
 
 
@@ -113,7 +116,10 @@ def network_input(unenhanced_hu: np.ndarray, enhanced_hu: np.ndarray) -> np.ndar
     """The two phases on one grid as the (2, D, H, W) windowed channels the U-Net takes."""
     if unenhanced_hu.shape != enhanced_hu.shape:
         raise ValueError(f"phases differ in shape: {unenhanced_hu.shape} vs {enhanced_hu.shape}")
-    return np.stack([window(unenhanced_hu), window(enhanced_hu)])
+    channels = np.empty((2, *unenhanced_hu.shape), dtype=np.float32)
+    for channel, hu in zip(channels, (unenhanced_hu, enhanced_hu), strict=True):
+        window(hu, out=channel)
+    return channels
 
 
 def predict_probability(
@@ -162,16 +168,39 @@ def _starts(size: int, window_size: int) -> list[int]:
     return sorted({round(i * (size - window_size) / (count - 1)) for i in range(count)})
 
 
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of a boolean 3D mask: (int32 labels 1..n, n).
+Voxels = tuple[np.ndarray, ...]  # voxel indices, one array per axis, as np.nonzero gives them
+
+
+def voxel_components(mask: np.ndarray) -> tuple[Voxels, np.ndarray, int]:
+    """26-connected components of a boolean 3D mask: its voxels (np.nonzero order), each one's component
+    1..n, and n.
 
     8-connected components per slice (OpenCV), then merged where a component touches one on the next slice
-    within its 3x3 neighbourhood; linear in the voxels, whatever the components' shapes."""
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    offset = 0
-    for k, plane in enumerate(mask):
-        count, plane_labels = cv2.connectedComponents(plane.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        labels[k] = np.where(plane_labels > 0, plane_labels + offset, 0)
+    within its 3x3 neighbourhood. Only slices holding voxels are labelled and only the voxels are compared,
+    so the work follows the mask, not the volume: a clinical CT has some 50 million voxels on its own slices,
+    the glands a few thousand."""
+    voxels = np.nonzero(mask)
+    slice_of, rows, columns = voxels
+    ids = np.zeros(slice_of.size, dtype=np.int64)
+    starts = np.searchsorted(slice_of, np.arange(mask.shape[0] + 1))
+    codes = []  # (label below << 32) | label above, for each touching pair
+    offset = below_offset = 0
+    below: np.ndarray | None = None  # the previous slice's own labels, padded by one, when it held voxels
+    for k in range(mask.shape[0]):
+        first, last = starts[k], starts[k + 1]
+        if first == last:
+            below = None
+            continue
+        count, plane = cv2.connectedComponents(mask[k].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        here = plane[rows[first:last], columns[first:last]].astype(np.int64) + offset
+        ids[first:last] = here
+        if below is not None:
+            for dr in (0, 1, 2):
+                for dc in (0, 1, 2):
+                    under = below[rows[first:last] + dr, columns[first:last] + dc]
+                    touching = under > 0
+                    codes.append(((under[touching].astype(np.int64) + below_offset) << 32) | here[touching])
+        below, below_offset = np.pad(plane, 1), offset
         offset += count - 1
     parent = np.arange(offset + 1)
 
@@ -181,20 +210,16 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
             n = int(parent[n])
         return n
 
-    rows, columns = mask.shape[1:]
-    for k in range(mask.shape[0] - 1):
-        below = np.pad(labels[k], 1)
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                shifted = below[1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + columns]
-                touching = (shifted > 0) & (labels[k + 1] > 0)
-                for a, b in np.unique(np.stack([shifted[touching], labels[k + 1][touching]], axis=1), axis=0):
-                    ra, rb = root(int(a)), root(int(b))
-                    if ra != rb:
-                        parent[max(ra, rb)] = min(ra, rb)
+    for code in np.unique(np.concatenate(codes)) if codes else ():
+        ra, rb = root(int(code) >> 32), root(int(code) & 0xFFFFFFFF)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
     roots = np.array([root(n) for n in range(offset + 1)])
     _, dense = np.unique(roots, return_inverse=True)  # root 0 (background) stays 0
-    return dense[labels].astype(np.int32), int(dense.max())
+    return voxels, dense[ids], int(dense.max())
+
+
+Box = tuple[slice, ...]  # one slice per axis of a volume
 
 
 @dataclass(frozen=True)
@@ -202,24 +227,27 @@ class Detection:
     """The network's answer on one volume: gland probability and the kept glands as labels 1..n."""
 
     probability: np.ndarray  # (slices, rows, columns) on the volume's own slices
-    labels: np.ndarray  # int32, same shape; glands ordered by size, largest first
+    labels: np.ndarray  # uint8, same shape; glands ordered by size, largest first
     gland_probabilities: tuple[float, ...]  # highest probability inside each gland
+    gland_boxes: tuple[Box, ...]  # each gland's bounding box in `labels`
 
 
 def detect(probability: np.ndarray, voxel_mm3: float, threshold: float = THRESHOLD) -> Detection:
     """Threshold, split into components, drop those under MIN_GLAND_MM3, keep the MAX_GLANDS largest;
     the largest gland is number 1."""
-    components, count = label_components(probability >= threshold)
-    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    voxels, ids, count = voxel_components(probability >= threshold)
+    sizes = np.bincount(ids, minlength=count + 1)
     kept = [n for n in range(1, count + 1) if sizes[n] * voxel_mm3 >= MIN_GLAND_MM3]
     kept = sorted(kept, key=lambda n: -sizes[n])[:MAX_GLANDS]
-    labels = np.zeros(probability.shape, dtype=np.int32)
-    peaks = []
+    labels = np.zeros(probability.shape, dtype=np.uint8)
+    peaks, boxes = [], []
     for number, component in enumerate(kept, start=1):
-        inside = components == component
-        labels[inside] = number
-        peaks.append(float(probability[inside].max()))
-    return Detection(probability, labels, tuple(peaks))
+        own = ids == component
+        where = tuple(axis[own] for axis in voxels)
+        labels[where] = number
+        peaks.append(float(probability[where].max()))
+        boxes.append(tuple(slice(int(axis.min()), int(axis.max()) + 1) for axis in where))
+    return Detection(probability, labels, tuple(peaks), tuple(boxes))
 
 
 class CTParathyroidNetwork:
@@ -265,8 +293,10 @@ class CTParathyroidNetwork:
     def _finding(self, reference: CTVolume, detection: Detection, peak: float, elapsed_ms: float) -> Finding:
         midline = _midline_x(reference)
         regions = tuple(
-            _region(reference, detection.labels == number, number, probability, midline)
-            for number, probability in enumerate(detection.gland_probabilities, start=1)
+            _region(reference, detection.labels, box, number, probability, midline)
+            for number, (probability, box) in enumerate(
+                zip(detection.gland_probabilities, detection.gland_boxes, strict=True), start=1
+            )
         )
         # Without a kept gland the finding's probability is the highest anywhere, kept below the threshold:
         # the size filter is part of the decision.
@@ -278,7 +308,7 @@ class CTParathyroidNetwork:
             hotspots=(),
             inference_ms=elapsed_ms,
             volume=VolumeMask(
-                labels=detection.labels.astype(np.uint8),
+                labels=detection.labels,
                 slice_sop_uids=reference.sop_instance_uids,
                 series_uid=reference.series_uid,
                 regions=regions,
@@ -313,8 +343,9 @@ def _midline_x(volume: CTVolume) -> float:
     return float(_patient_points(volume, index)[:, 0].mean())
 
 
-def _region(volume: CTVolume, inside: np.ndarray, number: int, probability: float, midline: float) -> Region:
-    points = _patient_points(volume, np.argwhere(inside))
+def _region(volume: CTVolume, labels: np.ndarray, box: Box, number: int, probability: float, midline: float) -> Region:
+    inside = labels[box] == number
+    points = _patient_points(volume, np.argwhere(inside) + [axis.start for axis in box])
     centre = points.mean(axis=0)
     side = "midline"
     if centre[0] < midline - MIDLINE_MARGIN_MM:

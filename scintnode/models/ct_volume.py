@@ -205,8 +205,12 @@ def assemble_volume(datasets: Sequence[Dataset]) -> CTVolume:
             "(gantry tilt or a sheared reconstruction); reconstruct perpendicular slices at the scanner"
         )
     ordered = [datasets[int(i)] for i in order]
+    rows, columns = shapes.pop()
+    hu = np.empty((len(ordered), rows, columns), dtype=np.float32)  # filled in place: no second copy of the volume
+    for k, ds in enumerate(ordered):
+        _hounsfield(ds, where, hu[k])
     return CTVolume(
-        hu=np.stack([_hounsfield(ds, where) for ds in ordered]),
+        hu=hu,
         positions=positions,
         row_direction=row_direction,
         column_direction=column_direction,
@@ -266,16 +270,18 @@ def _linear_weights(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarra
     return lower, upper, weight, (index < -0.5) | (index > size - 0.5)
 
 
-def _hounsfield(ds: Dataset, where: str) -> np.ndarray:
+def _hounsfield(ds: Dataset, where: str, out: np.ndarray) -> None:
+    """The slice's stored values rescaled to HU, written into `out` (float32, the slice's rows and columns)."""
     try:
-        stored = np.asarray(ds.pixel_array, dtype=np.float32)
+        stored = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for undecodable pixel data
         raise VolumeNotUsable(f"{where}: cannot decode slice {ds.SOPInstanceUID}: {exc}") from exc
-    if stored.ndim != 2:
+    if stored.shape != out.shape:
         raise VolumeNotUsable(f"{where}: slice {ds.SOPInstanceUID} is not a single grey frame ({stored.shape})")
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return stored * slope + intercept
+    np.multiply(stored, slope, out=out, casting="unsafe")
+    out += intercept
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

@@ -105,10 +105,10 @@ def build_key_image_sc(
     volume = _volume_with_regions(finding)
     slices = source_slices(volume, sources)
     largest = max(volume.regions, key=lambda region: region.volume_mm3)
-    inside = volume.labels == largest.number
     index = volume.centre_slice(largest.number)
+    inside = volume.labels[index] == largest.number
     source = slices[index]
-    rows, columns = np.nonzero(inside[index])
+    rows, columns = np.nonzero(inside)
     low, high = volume.display_window_hu
     hu = source.pixel_array.astype(np.float32) * float(source.get("RescaleSlope", 1) or 1) + float(
         source.get("RescaleIntercept", 0) or 0
@@ -119,7 +119,7 @@ def build_key_image_sc(
             Hotspot(0, 1, float(columns.mean()) + 0.5, float(rows.mean()) + 0.5, largest.probability, largest.label),
         ),
         display_images=(np.clip((hu - low) / (high - low), 0.0, 1.0),),
-        heatmaps=(inside[index].astype(np.float32),),
+        heatmaps=(inside.astype(np.float32),),
         source_frames=(1,),
     )
     sc = build_heatmap_sc(
