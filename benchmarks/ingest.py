@@ -154,7 +154,7 @@ def send(receiver: Receiver, files: list[Path], associations: int) -> float:
     for sender in senders:
         _, err = sender.communicate()
         if sender.returncode != 0 or "Failed" in err or "Error" in err:
-            raise RuntimeError(f"storescu to {receiver.name} failed: {err[-500:]}")
+            raise RuntimeError(f"storescu to {receiver.name} failed (exit {sender.returncode}): {err[-500:]}")
     return time.perf_counter() - started
 
 

@@ -17,12 +17,13 @@ job records), and the node's memory.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -30,8 +31,10 @@ from sqlalchemy import func, select
 
 from benchmarks.stats import quantile
 from scintnode.db import Database, Job
-from scintnode.demo_cases import CASES, DemoStudy
+from scintnode.demo_cases import CASES, DemoStudy, ct_cases
+from scintnode.models import ct_unet
 from scintnode.orthanc import OrthancServer
+from scintnode.phantoms import ct_parathyroid
 from scintnode.storescu import send_files
 from tests.harness import start_node_process
 
@@ -102,11 +105,15 @@ class ResultWatcher:
             self._changed.notify_all()
 
 
-def distinct_cases(network: str, count: int, out: Path, seed: int) -> list[DemoStudy]:
-    """`count` different studies of `network` (a study sent twice would be a re-send, not a new job)."""
+def distinct_cases(
+    network: str, count: int, out: Path, seed: int, make: Callable[[Path, int, int], list[DemoStudy]] | None = None
+) -> list[DemoStudy]:
+    """`count` different studies of `network` (a study sent twice would be a re-send, not a new job), written
+    by `make` (default: the network's demo cases)."""
+    make = make or CASES[network]
     per_class = 1
     while True:
-        cases = CASES[network](out / f"p{per_class}", per_class, seed)
+        cases = make(out / f"p{per_class}", per_class, seed)
         if len(cases) >= count:
             return cases[:count]
         per_class = math.ceil(per_class * count / max(len(cases), 1))
@@ -188,6 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         "--studies", type=int, default=12, help="studies per network and sender count (at least one burst)"
     )
     parser.add_argument("--network", action="append", choices=sorted(CASES))
+    parser.add_argument(
+        "--ct-shape",
+        type=int,
+        nargs=3,
+        metavar=("SLICES", "ROWS", "COLUMNS"),
+        help="each CT series' size (default 64 128 128; clinical: 200 512 512 with --ct-spacing 1 0.45 0.45)",
+    )
+    parser.add_argument(
+        "--ct-spacing", type=float, nargs=3, metavar=("SLICE", "ROW", "COLUMN"), help="mm (default 1 1 1)"
+    )
     parser.add_argument("--seed", type=int, default=99)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one study's results")
     args = parser.parse_args(argv)
@@ -208,11 +225,13 @@ def _measure(args: argparse.Namespace, workdir: Path) -> int:
                 "| network median ms | share outside the network |"
             )
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            makers = _case_makers(args)
+            labels = {network: f"{network}{_geometry(args)}" for network in makers}
             for network in args.network or sorted(CASES):
                 for senders in args.senders:
                     bursts = math.ceil(args.studies / senders)
                     out = workdir / "studies" / f"{network}-{senders}"
-                    cases = distinct_cases(network, bursts * senders, out, args.seed + senders)
+                    cases = distinct_cases(network, bursts * senders, out, args.seed + senders, makers.get(network))
                     before = _last_job_id(db)
                     seconds: list[float] = []
                     for burst in range(bursts):
@@ -224,9 +243,9 @@ def _measure(args: argparse.Namespace, workdir: Path) -> int:
                     inside = statistics.median(i for i, _ in timed) if timed else math.nan
                     outside = statistics.median(1 - i / t for i, t in timed) if timed else math.nan
                     print(
-                        f"| {network} | {senders} | {len(seconds)} | {statistics.median(seconds):.2f} | "
-                        f"{quantile(seconds, 0.95):.2f} | {max(seconds):.2f} | {total:.0f} | {inside:.0f} | "
-                        f"{outside:.0%} |",
+                        f"| {labels.get(network, network)} | {senders} | {len(seconds)} | "
+                        f"{statistics.median(seconds):.2f} | {quantile(seconds, 0.95):.2f} | {max(seconds):.2f} | "
+                        f"{total:.0f} | {inside:.0f} | {outside:.0%} |",
                         flush=True,
                     )
             print(f"node peak RSS under this load: {_memory_mb(process.pid, 'VmHWM'):.0f} MB")
@@ -236,6 +255,21 @@ def _measure(args: argparse.Namespace, workdir: Path) -> int:
             process.terminate()
             process.wait(timeout=60)
     return 0
+
+
+def _case_makers(args: argparse.Namespace) -> dict[str, Callable[[Path, int, int], list[DemoStudy]]]:
+    """The CT cases at the geometry asked for; every other network's demo cases as they are."""
+    if not (args.ct_shape or args.ct_spacing):
+        return {}
+    shape, spacing = tuple(args.ct_shape or ct_parathyroid.SHAPE), tuple(args.ct_spacing or ct_parathyroid.SPACING_MM)
+    return {ct_unet.NAME: functools.partial(ct_cases, shape=shape, spacing_mm=spacing)}
+
+
+def _geometry(args: argparse.Namespace) -> str:
+    if not (args.ct_shape or args.ct_spacing):
+        return ""
+    shape, spacing = args.ct_shape or ct_parathyroid.SHAPE, args.ct_spacing or ct_parathyroid.SPACING_MM
+    return f" ({'x'.join(map(str, shape))} at {'x'.join(f'{v:g}' for v in spacing)} mm)"
 
 
 if __name__ == "__main__":

@@ -53,12 +53,28 @@ def bone_cases(out: Path, per_class: int, seed: int) -> list[DemoStudy]:
     ]
 
 
-def ct_cases(out: Path, per_class: int, seed: int) -> list[DemoStudy]:
+def ct_cases(
+    out: Path,
+    per_class: int,
+    seed: int,
+    shape: tuple[int, int, int] | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
+) -> list[DemoStudy]:
     """Dual-phase neck CT: the unenhanced and the enhanced series sent in two associations, as a scanner
-    forwarding each reconstruction would; every synthetic patient has glands, so a SEG is expected."""
-    from scintnode.phantoms.ct_parathyroid import write_studies
+    forwarding each reconstruction would; every synthetic patient has glands, so a SEG is expected.
 
-    truth = json.loads(write_studies(out, count=per_class, seed=seed).read_text())
+    `shape` and `spacing_mm` change each series' geometry (default: the small demo volume)."""
+    from scintnode.phantoms import ct_parathyroid
+
+    truth = json.loads(
+        ct_parathyroid.write_studies(
+            out,
+            count=per_class,
+            seed=seed,
+            shape=shape or ct_parathyroid.SHAPE,
+            spacing_mm=spacing_mm or ct_parathyroid.SPACING_MM,
+        ).read_text()
+    )
     return [
         DemoStudy(
             "ct-parathyroid-unet",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom import dcmread
 
 from scintnode.phantoms import ct_parathyroid
@@ -52,3 +53,20 @@ def test_cli_writes_two_valid_series_with_masks_and_synthetic_truth(tmp_path: Pa
     assert "SYNTHETIC" in str(native.PatientName)
     assert derive_facts(native).contrast_phase.value == "unenhanced"
     assert derive_facts(enhanced).contrast_phase.value == "enhanced"
+
+
+def test_cli_writes_the_geometry_asked_for_around_the_same_neck(tmp_path: Path) -> None:
+    args = ["ct-parathyroid", "--out", str(tmp_path), "--count", "1", "--seed", "3"]
+    assert phantoms_cli([*args, "--shape", "20", "160", "150", "--spacing", "2.5", "0.8", "0.9"]) == 0
+    truth = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert truth["spacing_mm"] == [2.5, 0.8, 0.9]
+    case = truth["cases"][0]
+    assert len(case["unenhanced"]["files"]) == len(case["enhanced"]["files"]) == 20
+    native = dcmread(tmp_path / case["unenhanced"]["files"][0])
+    assert (native.Rows, native.Columns) == (160, 150) and [float(v) for v in native.PixelSpacing] == [0.8, 0.9]
+    labels = np.load(tmp_path / case["labels"])
+    for gland in case["glands"]:  # each gland keeps its size in mm whatever the voxels
+        volume_mm3 = float((labels == gland["label"]).sum()) * 2.5 * 0.8 * 0.9
+        assert volume_mm3 == pytest.approx(4 / 3 * np.pi * np.prod(gland["radii_mm"]), rel=0.35)
+    assert phantoms_cli([*args, "--shape", "4", "160", "150"]) == 2
+    assert phantoms_cli([*args, "--spacing", "1", "0", "1"]) == 2

@@ -44,6 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--out", type=Path, required=True, help="folder for the series, labels.npy and ground_truth.json")
     ct.add_argument("--count", type=int, default=4, help="patients, one study each (default 4)")
     ct.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ct.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("SLICES", "ROWS", "COLUMNS"),
+        help="each series' size (default 64 128 128; a clinical neck CT is about 200 512 512)",
+    )
+    ct.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("SLICE", "ROW", "COLUMN"),
+        help="mm between slices, rows and columns (default 1 1 1; clinical about 1 0.45 0.45)",
+    )
     para = kinds.add_parser(
         "parathyroid",
         help="dual-phase 99mTc-sestamibi parathyroid studies + pertechnetate thyroid scans with glands (paper 000)",
@@ -86,10 +100,12 @@ def main(argv: list[str]) -> int:
     if args.kind == "ct-parathyroid":
         from scintnode.phantoms import ct_parathyroid
 
-        if args.count < 1:
-            print("scintnode phantoms ct-parathyroid: --count must be at least 1")
+        shape = tuple(args.shape or ct_parathyroid.SHAPE)
+        spacing = tuple(args.spacing or ct_parathyroid.SPACING_MM)
+        if args.count < 1 or min(shape) < 8 or min(spacing) <= 0:
+            print("scintnode phantoms ct-parathyroid: --count must be at least 1, --shape at least 8, --spacing over 0")
             return 2
-        truth = ct_parathyroid.write_studies(args.out, args.count, args.seed)
+        truth = ct_parathyroid.write_studies(args.out, args.count, args.seed, shape, spacing)
         print(f"wrote {args.count} synthetic dual-phase neck CT studies and {truth}")
         return 0
     if args.kind == "parathyroid":

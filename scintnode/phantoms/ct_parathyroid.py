@@ -174,16 +174,25 @@ def generate(count: int, seed: int) -> list[NeckPhantom]:
     return [synthesize(rng) for _ in range(count)]
 
 
-def write_studies(out_dir: Path, count: int, seed: int) -> Path:
+def write_studies(
+    out_dir: Path,
+    count: int,
+    seed: int,
+    shape: tuple[int, int, int] = SHAPE,
+    spacing_mm: tuple[float, float, float] = SPACING_MM,
+) -> Path:
     """`count` synthetic patients, each one study with an unenhanced and an enhanced series (one file per
     slice, under <patient>/native and <patient>/enhanced), the gland labels as <patient>/labels.npy (on the
-    unenhanced series' slices, in instance order) and ground_truth.json describing all of them."""
+    unenhanced series' slices, in instance order) and ground_truth.json describing all of them.
+
+    `shape` (slices, rows, columns) and `spacing_mm` set each series' geometry; the neck keeps its size in mm,
+    so e.g. (200, 512, 512) at (1.0, 0.45, 0.45) is a clinical study's size around the same anatomy."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     cases = []
     for index in range(count):
-        phantom = synthesize(rng)
+        phantom = synthesize(rng, shape, spacing_mm)
         pid = f"SYNCT{seed:03d}{index:03d}"
         case = out / pid
         entry = write_phantom(phantom, case, pid, datetime(2026, 1, 5, 9, 0) + timedelta(days=index))
@@ -192,7 +201,7 @@ def write_studies(out_dir: Path, count: int, seed: int) -> Path:
         "synthetic": True,
         "statement": "Synthetic dual-phase neck CT phantoms (scintnode); no patient data, no clinical truth.",
         "seed": seed,
-        "spacing_mm": list(SPACING_MM),
+        "spacing_mm": list(spacing_mm),
         "cases": cases,
     }
     path = out / "ground_truth.json"
