@@ -34,11 +34,12 @@ from scintnode.db import Database, Job
 from scintnode.demo_cases import CASES, DemoStudy, ct_cases
 from scintnode.models import ct_unet
 from scintnode.orthanc import OrthancServer
-from scintnode.phantoms import ct_parathyroid
+from scintnode.phantoms.cli import add_ct_geometry_options, ct_geometry
 from scintnode.storescu import send_files
 from tests.harness import start_node_process
 
 POLL_SECONDS = 0.02
+CaseMaker = Callable[[Path, int, int], list[DemoStudy]]  # writes (folder, per class, seed) a network's studies
 
 
 class ResultWatcher:
@@ -105,9 +106,7 @@ class ResultWatcher:
             self._changed.notify_all()
 
 
-def distinct_cases(
-    network: str, count: int, out: Path, seed: int, make: Callable[[Path, int, int], list[DemoStudy]] | None = None
-) -> list[DemoStudy]:
+def distinct_cases(network: str, count: int, out: Path, seed: int, make: CaseMaker | None = None) -> list[DemoStudy]:
     """`count` different studies of `network` (a study sent twice would be a re-send, not a new job), written
     by `make` (default: the network's demo cases)."""
     make = make or CASES[network]
@@ -195,25 +194,20 @@ def main(argv: list[str] | None = None) -> int:
         "--studies", type=int, default=12, help="studies per network and sender count (at least one burst)"
     )
     parser.add_argument("--network", action="append", choices=sorted(CASES))
-    parser.add_argument(
-        "--ct-shape",
-        type=int,
-        nargs=3,
-        metavar=("SLICES", "ROWS", "COLUMNS"),
-        help="each CT series' size (default 64 128 128; clinical: 200 512 512 with --ct-spacing 1 0.45 0.45)",
-    )
-    parser.add_argument(
-        "--ct-spacing", type=float, nargs=3, metavar=("SLICE", "ROW", "COLUMN"), help="mm (default 1 1 1)"
-    )
+    add_ct_geometry_options(parser, prefix="ct-")
     parser.add_argument("--seed", type=int, default=99)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one study's results")
     args = parser.parse_args(argv)
+    try:
+        variants = _ct_at_geometry(args.ct_shape, args.ct_spacing)
+    except ValueError as exc:
+        parser.error(str(exc))
     # about 1.5 GB of studies, spool and PACS storage: removed even when a run fails or is interrupted
     with tempfile.TemporaryDirectory(prefix="scintnode-ttr-") as workdir:
-        return _measure(args, Path(workdir))
+        return _measure(args, Path(workdir), variants)
 
 
-def _measure(args: argparse.Namespace, workdir: Path) -> int:
+def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[CaseMaker, str]]) -> int:
     with OrthancServer(workdir / "pacs") as pacs:
         process, port = start_node_process(_node_config(workdir, pacs), workdir / "node.log")
         watcher = ResultWatcher(pacs)
@@ -225,13 +219,12 @@ def _measure(args: argparse.Namespace, workdir: Path) -> int:
                 "| network median ms | share outside the network |"
             )
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-            makers = _case_makers(args)
-            labels = {network: f"{network}{_geometry(args)}" for network in makers}
             for network in args.network or sorted(CASES):
                 for senders in args.senders:
                     bursts = math.ceil(args.studies / senders)
                     out = workdir / "studies" / f"{network}-{senders}"
-                    cases = distinct_cases(network, bursts * senders, out, args.seed + senders, makers.get(network))
+                    make, label = variants.get(network, (None, network))
+                    cases = distinct_cases(network, bursts * senders, out, args.seed + senders, make)
                     before = _last_job_id(db)
                     seconds: list[float] = []
                     for burst in range(bursts):
@@ -243,7 +236,7 @@ def _measure(args: argparse.Namespace, workdir: Path) -> int:
                     inside = statistics.median(i for i, _ in timed) if timed else math.nan
                     outside = statistics.median(1 - i / t for i, t in timed) if timed else math.nan
                     print(
-                        f"| {labels.get(network, network)} | {senders} | {len(seconds)} | "
+                        f"| {label} | {senders} | {len(seconds)} | "
                         f"{statistics.median(seconds):.2f} | {quantile(seconds, 0.95):.2f} | {max(seconds):.2f} | "
                         f"{total:.0f} | {inside:.0f} | {outside:.0%} |",
                         flush=True,
@@ -257,19 +250,13 @@ def _measure(args: argparse.Namespace, workdir: Path) -> int:
     return 0
 
 
-def _case_makers(args: argparse.Namespace) -> dict[str, Callable[[Path, int, int], list[DemoStudy]]]:
-    """The CT cases at the geometry asked for; every other network's demo cases as they are."""
-    if not (args.ct_shape or args.ct_spacing):
+def _ct_at_geometry(shape: Sequence[int] | None, spacing: Sequence[float] | None) -> dict[str, tuple[CaseMaker, str]]:
+    """The CT cases at the geometry asked for, with their rows' label; empty for the demo's own geometry."""
+    if not (shape or spacing):
         return {}
-    shape, spacing = tuple(args.ct_shape or ct_parathyroid.SHAPE), tuple(args.ct_spacing or ct_parathyroid.SPACING_MM)
-    return {ct_unet.NAME: functools.partial(ct_cases, shape=shape, spacing_mm=spacing)}
-
-
-def _geometry(args: argparse.Namespace) -> str:
-    if not (args.ct_shape or args.ct_spacing):
-        return ""
-    shape, spacing = args.ct_shape or ct_parathyroid.SHAPE, args.ct_spacing or ct_parathyroid.SPACING_MM
-    return f" ({'x'.join(map(str, shape))} at {'x'.join(f'{v:g}' for v in spacing)} mm)"
+    full_shape, full_spacing = ct_geometry(shape, spacing)
+    label = f"{ct_unet.NAME} ({'x'.join(map(str, full_shape))} at {'x'.join(f'{v:g}' for v in full_spacing)} mm)"
+    return {ct_unet.NAME: (functools.partial(ct_cases, shape=full_shape, spacing_mm=full_spacing), label)}
 
 
 if __name__ == "__main__":

@@ -75,3 +75,16 @@ def test_a_whole_run_prints_its_row_and_leaves_no_files_behind(
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| thyroid-resnet34 | 1 | 1 |")]
     assert len(rows) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ct_at_a_geometry_is_written_at_it_and_labelled_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert time_to_result._ct_at_geometry(None, None) == {}, "no option: the demo's own CT"
+    make, label = time_to_result._ct_at_geometry([20, 150, 140], None)["ct-parathyroid-unet"]
+    assert label == "ct-parathyroid-unet (20x150x140 at 1x1x1 mm)"
+    (case,) = distinct_cases("ct-parathyroid-unet", 1, tmp_path, seed=3, make=make)
+    assert [len(files) for files in case.associations] == [20, 20]
+    with pytest.raises(SystemExit):
+        time_to_result.main(["--ct-shape", "4", "150", "140"])
+    assert "at least 8 slices" in capsys.readouterr().err

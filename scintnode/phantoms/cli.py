@@ -6,7 +6,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+
+def add_ct_geometry_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--shape and --spacing of synthetic CT series; with a prefix (the benchmark's "ct-"), --ct-shape etc."""
+    parser.add_argument(
+        f"--{prefix}shape",
+        type=int,
+        nargs=3,
+        metavar=("SLICES", "ROWS", "COLUMNS"),
+        help="each CT series' size (default 64 128 128; a clinical neck CT is about 200 512 512)",
+    )
+    parser.add_argument(
+        f"--{prefix}spacing",
+        type=float,
+        nargs=3,
+        metavar=("SLICE", "ROW", "COLUMN"),
+        help="mm between slices, rows and columns (default 1 1 1; clinical about 1 0.45 0.45)",
+    )
+
+
+def ct_geometry(
+    shape: Sequence[int] | None, spacing: Sequence[float] | None
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The synthetic CT geometry asked for, with the demo's defaults for what was not; ValueError if unusable."""
+    from scintnode.phantoms import ct_parathyroid
+
+    slices, rows, columns = shape or ct_parathyroid.SHAPE
+    along, down, across = spacing or ct_parathyroid.SPACING_MM
+    if min(slices, rows, columns) < 8 or min(along, down, across) <= 0:
+        raise ValueError("a CT series needs at least 8 slices, rows and columns, and spacings over 0 mm")
+    return (slices, rows, columns), (along, down, across)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,20 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--out", type=Path, required=True, help="folder for the series, labels.npy and ground_truth.json")
     ct.add_argument("--count", type=int, default=4, help="patients, one study each (default 4)")
     ct.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ct.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        metavar=("SLICES", "ROWS", "COLUMNS"),
-        help="each series' size (default 64 128 128; a clinical neck CT is about 200 512 512)",
-    )
-    ct.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        metavar=("SLICE", "ROW", "COLUMN"),
-        help="mm between slices, rows and columns (default 1 1 1; clinical about 1 0.45 0.45)",
-    )
+    add_ct_geometry_options(ct)
     para = kinds.add_parser(
         "parathyroid",
         help="dual-phase 99mTc-sestamibi parathyroid studies + pertechnetate thyroid scans with glands (paper 000)",
@@ -100,10 +119,13 @@ def main(argv: list[str]) -> int:
     if args.kind == "ct-parathyroid":
         from scintnode.phantoms import ct_parathyroid
 
-        shape = tuple(args.shape or ct_parathyroid.SHAPE)
-        spacing = tuple(args.spacing or ct_parathyroid.SPACING_MM)
-        if args.count < 1 or min(shape) < 8 or min(spacing) <= 0:
-            print("scintnode phantoms ct-parathyroid: --count must be at least 1, --shape at least 8, --spacing over 0")
+        try:
+            shape, spacing = ct_geometry(args.shape, args.spacing)
+        except ValueError as exc:
+            print(f"scintnode phantoms ct-parathyroid: {exc}")
+            return 2
+        if args.count < 1:
+            print("scintnode phantoms ct-parathyroid: --count must be at least 1")
             return 2
         truth = ct_parathyroid.write_studies(args.out, args.count, args.seed, shape, spacing)
         print(f"wrote {args.count} synthetic dual-phase neck CT studies and {truth}")
