@@ -18,6 +18,7 @@ from sqlalchemy import select
 from scintnode.config import Settings
 from scintnode.db import Job
 from scintnode.demo_cases import CASES, DemoStudy
+from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.orthanc import OrthancServer, OrthancUnavailable
 from scintnode.serve_cli import configure_logging
 from scintnode.storescu import send_files
@@ -91,6 +92,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
             "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}},
         }
     )
+    avoid_numpy_huge_pages()  # as `scintnode serve` does
     node = Node(settings)
     outcomes: list[StudyOutcome] = []
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from scintnode.config import ConfigError, load_settings
+from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.route import RuleError
 
 
@@ -35,6 +36,8 @@ def main(argv: list[str]) -> int:
         settings = load_settings(args.config)
         from scintnode.node import Node  # imports torch: only once the config is known to be good
 
+        if avoid_numpy_huge_pages():
+            log.info("numpy's transparent huge pages are off in this process (NUMPY_MADVISE_HUGEPAGE=1 keeps them)")
         node = Node(settings)
     except (ConfigError, RuleError) as exc:
         log.error("%s", exc)

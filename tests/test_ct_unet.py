@@ -60,6 +60,49 @@ def test_windows_run_in_pairs_and_each_lands_where_it_was_cut() -> None:
     assert model.batches == [2, 2, 2, 2, 2], "every pass holds two windows (the lone one paired with itself)"
 
 
+def every_window_probability(model: ct_unet.UNet3D, channels: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
+    """The oracle: every window run (each paired with itself), averaged where windows overlap. Only for
+    shapes that are multiples of 8 and at least a window, which predict_probability does not pad."""
+    total = np.zeros(channels.shape[1:], dtype=np.float64)
+    weight = np.zeros(channels.shape[1:])
+    starts = [ct_unet._starts(s, w) for s, w in zip(channels.shape[1:], window, strict=True)]
+    with torch.no_grad():
+        for z in starts[0]:
+            for y in starts[1]:
+                for x in starts[2]:
+                    box = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
+                    cut = torch.from_numpy(np.stack([channels[(slice(None), *box)]] * 2))
+                    total[box] += torch.sigmoid(model(cut))[0, 0].numpy()
+                    weight[box] += 1.0
+    return total / weight
+
+
+def test_windows_of_air_are_not_run_and_tissue_keeps_its_probability() -> None:
+    # 2 x 2 x 3 windows of (16, 32, 32) over (32, 40, 96); tissue in one corner lies in two of them
+    torch.manual_seed(0)
+    model = ct_unet.UNet3D(widths=(2, 4, 4, 4)).eval()
+    channels = np.zeros((2, 32, 40, 96), dtype=np.float32)
+    channels[:, :10, :10, :20] = np.random.default_rng(2).random((2, 10, 10, 20), dtype=np.float32)
+    runs: list[int] = []
+    model.register_forward_hook(lambda _module, inputs, _output: runs.append(inputs[0].shape[0]))
+    probability = ct_unet.predict_probability(model, channels, window_voxels=(16, 32, 32))
+    assert runs == [2], "one pass: the two windows that hold tissue"
+    oracle = every_window_probability(model, channels, (16, 32, 32))
+    tissue = channels.any(axis=0)
+    np.testing.assert_allclose(probability[tissue], oracle[tissue], atol=1e-6)
+    covered_by_run_windows = np.zeros(tissue.shape, dtype=bool)
+    covered_by_run_windows[:16, :, :32] = True
+    assert (probability[~covered_by_run_windows] == 0.0).all()
+    assert (probability[covered_by_run_windows] > 0.0).all()
+
+
+def test_a_volume_of_air_runs_no_window_and_finds_nothing() -> None:
+    model = FirstChannel()
+    probability = ct_unet.predict_probability(model, np.zeros((2, 20, 50, 50), dtype=np.float32))  # type: ignore[arg-type]
+    assert model.batches == [] and probability.shape == (20, 50, 50) and not probability.any()
+    assert not ct_unet.detect(probability, 1.0).gland_probabilities
+
+
 def test_components_are_26_connected_and_small_ones_dropped() -> None:
     mask = np.zeros((12, 12, 12), dtype=bool)
     mask[1:5, 1:5, 1:5] = True  # 64 voxels

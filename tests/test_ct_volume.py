@@ -20,6 +20,7 @@ from scintnode.models.ct_volume import (
     grid_to_slices,
     resample_to_grid,
     sample_array,
+    slice_hounsfield,
 )
 from scintnode.phantoms.ct import build_ct_series
 from scintnode.phantoms.nm import Patient, StudyInfo
@@ -75,6 +76,16 @@ def test_rescale_slope_is_applied() -> None:
     for ds in slices:
         ds.RescaleSlope, ds.RescaleIntercept = 2, -2048
     assert float(assemble_volume(slices).hu.mean()) == pytest.approx(2 * (100 + 1024) - 2048)
+
+
+def test_assembling_leaves_no_decoded_pixels_cached_on_the_data_sets() -> None:
+    # the job keeps its data sets until the results are written; pydicom's cache (`_pixel_array`) would hold
+    # a second copy of every slice
+    slices = series(ramp((3, 8, 8)))
+    assemble_volume(slices)
+    assert all(ds._pixel_array is None for ds in slices)
+    assert slice_hounsfield(slices[1])[2, 3] == pytest.approx(ramp((3, 8, 8))[1, 2, 3], abs=0.5)
+    assert slices[1]._pixel_array is None
 
 
 def test_gantry_tilt_is_refused_with_a_clear_message() -> None:

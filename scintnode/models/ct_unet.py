@@ -128,7 +128,12 @@ def predict_probability(
     """Gland probability (D, H, W) for (2, D, H, W) channels: overlapping windows, averaged where they overlap.
 
     Any volume size works: it is padded (with the window's air value 0) to multiples of 8 and at least one
-    window; memory is bounded by WINDOWS_PER_PASS windows, not the volume."""
+    window; memory is bounded by WINDOWS_PER_PASS windows, not the volume.
+
+    A window whose channels are all 0 (air or lung in both phases, nothing inside the soft-tissue window)
+    is not run: it shows the network nothing to find, and most of a clinical field of view around a neck is
+    such windows. Every window over a voxel with tissue holds that voxel, so runs, and the voxel's
+    probability is what a pass over every window gives; a voxel only skipped windows cover gets 0."""
     _, *size = channels.shape
     step = model.multiple
     win = [max(step, min(int(w), -(-s // step) * step)) for w, s in zip(window_voxels, size, strict=True)]
@@ -138,12 +143,13 @@ def predict_probability(
     total = np.zeros(padded_size, dtype=np.float32)
     weight = np.zeros(padded_size, dtype=np.float32)
     starts = [_starts(s, w) for s, w in zip(padded_size, win, strict=True)]
-    boxes = [
+    every_box = [
         (slice(z, z + win[0]), slice(y, y + win[1]), slice(xx, xx + win[2]))
         for z in starts[0]
         for y in starts[1]
         for xx in starts[2]
     ]
+    boxes = [box for box in every_box if x[(slice(None), *box)].any()]
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -157,7 +163,8 @@ def predict_probability(
             for box, probability in zip(group, probabilities[: len(group)], strict=True):
                 total[box] += probability
                 weight[box] += 1.0
-    return (total / weight)[: size[0], : size[1], : size[2]]
+    np.divide(total, weight, out=total, where=weight > 0)  # where no window ran, total stays 0
+    return total[: size[0], : size[1], : size[2]]
 
 
 def _starts(size: int, window_size: int) -> list[int]:
@@ -179,8 +186,12 @@ def voxel_components(mask: np.ndarray) -> tuple[Voxels, np.ndarray, int]:
     within its 3x3 neighbourhood. Only slices holding voxels are labelled and only the voxels are compared,
     so the work follows the mask, not the volume: a clinical CT has some 50 million voxels on its own slices,
     the glands a few thousand."""
-    voxels = np.nonzero(mask)
-    slice_of, rows, columns = voxels
+    # np.nonzero over the image rows that hold voxels only: over a clinical CT's whole mask it took 0.1 s
+    lines = mask.reshape(-1, mask.shape[-1])
+    occupied = np.flatnonzero(lines.any(axis=1))
+    line, columns = np.nonzero(lines[occupied])
+    slice_of, rows = np.divmod(occupied[line], mask.shape[1])
+    voxels = (slice_of, rows, columns)
     ids = np.zeros(slice_of.size, dtype=np.int64)
     starts = np.searchsorted(slice_of, np.arange(mask.shape[0] + 1))
     codes = []  # (label below << 32) | label above, for each touching pair

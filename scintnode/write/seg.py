@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import scintnode
 from scintnode.finding import Finding, Hotspot, VolumeMask
+from scintnode.models.ct_volume import slice_hounsfield
 from scintnode.write.sc import build_heatmap_sc
 from scintnode.write.sr import MANUFACTURER, series_description
 
@@ -110,9 +111,7 @@ def build_key_image_sc(
     source = slices[index]
     rows, columns = np.nonzero(inside)
     low, high = volume.display_window_hu
-    hu = source.pixel_array.astype(np.float32) * float(source.get("RescaleSlope", 1) or 1) + float(
-        source.get("RescaleIntercept", 0) or 0
-    )
+    hu = slice_hounsfield(source)
     key = dataclasses.replace(
         finding,
         hotspots=(
