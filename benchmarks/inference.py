@@ -30,6 +30,7 @@ from pydicom import Dataset, dcmread
 
 from benchmarks.stats import quantile
 from scintnode.demo_cases import CASES, DemoStudy
+from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.infer import run_network
 from scintnode.models.registry import Network, default_registry
 
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "--paper-size", action="store_true", help="networks shipped smaller run at their paper's size, untrained"
     )
     args = parser.parse_args(argv)
+    avoid_numpy_huge_pages()  # as the node's process does
     registry = default_registry()
     resized = paper_size_networks() if args.paper_size else {}
     print(f"device: {device()}, torch {torch.__version__}; synthetic studies")
