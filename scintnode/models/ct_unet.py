@@ -131,8 +131,8 @@ def predict_probability(
     window; memory is bounded by WINDOWS_PER_PASS windows, not the volume.
 
     A window whose channels are all 0 (air or lung in both phases, nothing inside the soft-tissue window)
-    is not run: it shows the network nothing to find, and most of a clinical field of view around a neck is
-    such windows. Every window over a voxel with tissue holds that voxel, so runs, and the voxel's
+    is not run: it shows the network nothing to find, and much of a CT's field of view around a neck is such
+    windows. Every window over a voxel with tissue holds that voxel, so runs, and the voxel's
     probability is what a pass over every window gives; a voxel only skipped windows cover gets 0."""
     _, *size = channels.shape
     step = model.multiple
