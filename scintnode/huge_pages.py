@@ -4,10 +4,11 @@ numpy asks the kernel for huge pages (`madvise(MADV_HUGEPAGE)`) for every array 
 makes and frees arrays of 40 to 200 MB many times over: the decoded phases, the network's grid, the
 probability back on 200 slices of 512x512. On the development machine, a VM where touching fresh memory
 is slow, every fresh huge page cost more in the kernel than it saved: with huge pages, a clinical-size CT
-job in the node took 4.5-5.0 s, without them 3.8-4.2 s (benchmarks/RESULTS.md). Latency-bound services
-commonly turn transparent huge pages off for the same reason: a huge page fault can stall on zeroing 2 MB
-or on compacting memory. numpy's own switch is the environment variable NUMPY_MADVISE_HUGEPAGE; when it is
-set, the operator's choice stands."""
+job in the node took 4.5-5.0 s, without them 3.8-4.2 s (benchmarks/RESULTS.md); the kernel counted no
+compaction stall, so the cost was in getting fresh memory. Latency-bound services often turn transparent
+huge pages off too, since a huge page fault can also stall on compaction.
+numpy's own switch is the environment variable NUMPY_MADVISE_HUGEPAGE; when it is set, the operator's
+choice stands."""
 
 from __future__ import annotations
 
