@@ -12,7 +12,9 @@ import torch
 from pydicom import dcmread
 
 from scintnode.models import ct_unet
+from scintnode.models.ct_volume import Grid, grid_to_slices
 from scintnode.phantoms import ct_parathyroid
+from tests.test_ct_volume import fine_volumes
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +196,26 @@ def test_glands_equal_those_of_a_flood_fill(seed: int) -> None:
 def test_nothing_over_the_threshold_finds_no_gland() -> None:
     detection = ct_unet.detect(np.full((5, 6, 7), ct_unet.THRESHOLD - 1e-3, np.float32), voxel_mm3=1.0)
     assert detection.gland_probabilities == () and detection.gland_boxes == () and not detection.labels.any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_glands_brought_back_onto_their_reach_equal_those_of_the_whole_map(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for volume in fine_volumes(rng):  # one volume sampled axis by axis, one point by point
+        grid = Grid.over(volume, 1.0)
+        on_grid = rng.uniform(0.0, 0.3, grid.shape).astype(np.float32)
+        for _ in range(3):  # glands of a few grid voxels, at the grid's edges too
+            start = [int(rng.choice([0, rng.integers(0, n), n - 4])) for n in grid.shape]
+            on_grid[tuple(slice(s, s + 4) for s in start)] = rng.uniform(0.6, 1.0)
+        whole = ct_unet.detect(grid_to_slices(on_grid, grid, volume), ct_unet._voxel_mm3(volume))
+        reached = ct_unet.detect_on_slices(on_grid, grid, volume)
+        assert whole.gland_probabilities, "the case holds glands"
+        assert np.array_equal(reached.labels, whole.labels)
+        assert reached.gland_probabilities == whole.gland_probabilities
+        assert reached.gland_boxes == whole.gland_boxes
+        nothing = ct_unet.detect_on_slices(np.minimum(on_grid, 0.4), grid, volume)
+        assert nothing.gland_probabilities == () and not nothing.labels.any()
+        assert nothing.labels.shape == volume.hu.shape
 
 
 def test_single_inputs_and_missing_phases_are_refused_clearly(network: ct_unet.CTParathyroidNetwork) -> None:

@@ -248,3 +248,51 @@ def test_drifting_slices_and_rotated_phases_are_sampled_point_by_point(monkeypat
     calls.clear()
     np.testing.assert_allclose(resample_to_grid(rotated, grid), resampled_point_by_point(rotated, grid), atol=0.01)
     assert len(calls) == grid.shape[0], "a rotated phase is sampled point by point, slice by slice"
+
+
+def fine_volumes(rng: np.random.Generator) -> list[CTVolume]:
+    """Volumes finer than a 1 mm grid, as a clinical CT is: uneven slices, and slices drifting in-plane."""
+    offsets = [0.0, 0.8, 1.5, 2.5, 3.0, 4.2, 5.0, 6.3, 7.0, 7.5, 8.8, 10.0]
+    hu = rng.normal(0, 300, (len(offsets), 23, 21))
+    return [
+        volume_on(hu, (1.0, -2.0, 3.0), (0.45, 0.5), offsets),
+        volume_on(hu, (1.0, -2.0, 3.0), (0.45, 0.5), offsets, drift_mm=0.004),  # point by point
+    ]
+
+
+def test_a_block_of_the_slices_equals_that_block_of_the_whole_map() -> None:
+    rng = np.random.default_rng(8)
+    for volume in fine_volumes(rng):
+        grid = Grid.over(volume, 1.0)
+        values = rng.random(grid.shape, dtype=np.float32)
+        box = (slice(3, 9), slice(0, 7), slice(12, 21))
+        assert np.array_equal(grid_to_slices(values, grid, volume, box), grid_to_slices(values, grid, volume)[box])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_reach_of_a_map_holds_every_voxel_it_is_carried_into(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for volume in fine_volumes(rng):
+        grid = Grid.over(volume, 1.0)
+        mask = np.zeros(grid.shape, dtype=bool)
+        for _ in range(int(rng.integers(1, 3))):  # one voxel or a small blob, at the grid's edges too
+            start = [int(rng.choice([0, rng.integers(0, n), n - 1])) for n in grid.shape]
+            mask[tuple(slice(s, s + int(rng.integers(1, 3))) for s in start)] = True
+        box = ct_volume.reach_of(mask, grid, volume)
+        assert box is not None
+        carried = grid_to_slices(mask.astype(np.float32), grid, volume) > 0
+        outside = np.ones(carried.shape, dtype=bool)
+        outside[box] = False
+        assert not (carried & outside).any(), "a voxel the mask is carried into lies outside its reach"
+        # and the block is no larger than the mask's voxels plus the margin, in the volume's own voxels
+        held = np.argwhere(carried)
+        spacing = volume.spacing_mm()
+        for axis, part in enumerate(box):
+            slack = int(np.ceil((ct_volume._REACH_MARGIN + 1) * grid.spacing_mm / spacing[axis]))
+            assert part.start >= held[:, axis].min() - slack and part.stop <= held[:, axis].max() + 1 + slack
+
+
+def test_an_empty_map_reaches_nothing() -> None:
+    volume = fine_volumes(np.random.default_rng(9))[0]
+    grid = Grid.over(volume, 1.0)
+    assert ct_volume.reach_of(np.zeros(grid.shape, dtype=bool), grid, volume) is None

@@ -25,7 +25,7 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.finding import Finding, Region, VolumeMask
-from scintnode.models.ct_volume import CTVolume, Grid, assemble_volume, grid_to_slices, resample_to_grid
+from scintnode.models.ct_volume import CTVolume, Grid, assemble_volume, grid_to_slices, reach_of, resample_to_grid
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.weights_file import file_sha256, load_float_state, save_half_precision
 
@@ -235,10 +235,9 @@ Box = tuple[slice, ...]  # one slice per axis of a volume
 
 @dataclass(frozen=True)
 class Detection:
-    """The network's answer on one volume: gland probability and the kept glands as labels 1..n."""
+    """The network's answer on one volume: the kept glands as labels 1..n."""
 
-    probability: np.ndarray  # (slices, rows, columns) on the volume's own slices
-    labels: np.ndarray  # uint8, same shape; glands ordered by size, largest first
+    labels: np.ndarray  # uint8 (slices, rows, columns); glands ordered by size, largest first
     gland_probabilities: tuple[float, ...]  # highest probability inside each gland
     gland_boxes: tuple[Box, ...]  # each gland's bounding box in `labels`
 
@@ -258,7 +257,25 @@ def detect(probability: np.ndarray, voxel_mm3: float, threshold: float = THRESHO
         labels[where] = number
         peaks.append(float(probability[where].max()))
         boxes.append(tuple(slice(int(axis.min()), int(axis.max()) + 1) for axis in where))
-    return Detection(probability, labels, tuple(peaks), tuple(boxes))
+    return Detection(labels, tuple(peaks), tuple(boxes))
+
+
+def detect_on_slices(on_grid: np.ndarray, grid: Grid, volume: CTVolume, threshold: float = THRESHOLD) -> Detection:
+    """`detect` of the probability `on_grid` brought back onto `volume`'s slices, brought back only onto the
+    block that its voxels at or over the threshold reach (ct_volume.reach_of): every voxel outside that block
+    blends grid voxels under the threshold, so it is under it too, and the glands are the same. A clinical
+    CT's slices hold some 50 million voxels; the whole map took 0.3 s to bring back and threshold."""
+    labels = np.zeros(volume.hu.shape, dtype=np.uint8)
+    box = reach_of(on_grid >= threshold, grid, volume)
+    if box is None:
+        return Detection(labels, (), ())
+    found = detect(grid_to_slices(on_grid, grid, volume, box), _voxel_mm3(volume), threshold)
+    labels[box] = found.labels
+    moved = tuple(
+        tuple(slice(part.start + block.start, part.stop + block.start) for part, block in zip(gland, box, strict=True))
+        for gland in found.gland_boxes
+    )
+    return Detection(labels, found.gland_probabilities, moved)
 
 
 class CTParathyroidNetwork:
@@ -298,7 +315,7 @@ class CTParathyroidNetwork:
             started = time.perf_counter()
             on_grid = predict_probability(self.model, channels, self.window_voxels)
             elapsed_ms = (time.perf_counter() - started) * 1000.0
-        detection = detect(grid_to_slices(on_grid, grid, reference), _voxel_mm3(reference))
+        detection = detect_on_slices(on_grid, grid, reference)
         return self._finding(reference, detection, float(on_grid.max()), elapsed_ms)
 
     def _finding(self, reference: CTVolume, detection: Detection, peak: float, elapsed_ms: float) -> Finding:

@@ -11,6 +11,7 @@ re-slicing the scanner should have done)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ _TOLERANCE = 1e-3
 _TILT_TOLERANCE_MM = 0.05
 # Resampling goes axis by axis when the geometry keeps each other index within this many voxels of constant.
 _SEPARABLE_TOLERANCE = 1e-3
+# Grid voxels added on each side of a map's voxels to find the volume voxels they reach (see reach_of).
+_REACH_MARGIN = 2
+
+Box = tuple[slice, slice, slice]  # a block of a volume's (slices, rows, columns)
 
 
 class VolumeNotUsable(ValueError):
@@ -132,20 +137,50 @@ def resample_to_grid(volume: CTVolume, grid: Grid, fill: float = -1024.0) -> np.
     )
 
 
-def grid_to_slices(values: np.ndarray, grid: Grid, volume: CTVolume) -> np.ndarray:
-    """A map on `grid` (e.g. a probability) brought back onto `volume`'s own slices (trilinear, 0 outside)."""
+def grid_to_slices(values: np.ndarray, grid: Grid, volume: CTVolume, box: Box | None = None) -> np.ndarray:
+    """A map on `grid` (e.g. a probability) brought back onto `volume`'s own slices (trilinear, 0 outside);
+    with `box`, onto that block of the volume's voxels only (the result has the block's shape)."""
     rows, columns = volume.hu.shape[1:]
+    slices, row_range, column_range = box or (slice(None),) * 3
     first = volume.positions[0]
     in_plane = _steps(np.stack([volume.column_direction, volume.row_direction]), volume.pixel_spacing, (rows, columns))
     # the slices' own offsets, so an in-plane drift of their positions (below the tilt tolerance) counts too
     axes = [volume.positions - first, *in_plane]
+    row_steps, column_steps = in_plane[0][row_range], in_plane[1][column_range]
     if _aligned(axes, grid.axes, (grid.spacing_mm,) * 3):
-        lines = [grid.indices(volume.positions), *(grid.indices(first + step) for step in in_plane)]
+        lines = [grid.indices(points) for points in (volume.positions[slices], first + row_steps, first + column_steps)]
         return sample_separable(values, [line[:, axis] for axis, line in enumerate(lines)], 0.0)
-    plane = (in_plane[0][:, None] + in_plane[1][None, :]).reshape(-1, 3)
+    plane = (row_steps[:, None] + column_steps[None, :]).reshape(-1, 3)
+    shape = (len(row_steps), len(column_steps))
     return np.stack(
-        [sample_array(values, grid.indices(position + plane), (rows, columns), 0.0) for position in volume.positions]
+        [sample_array(values, grid.indices(position + plane), shape, 0.0) for position in volume.positions[slices]]
     )
+
+
+def reach_of(mask: np.ndarray, grid: Grid, volume: CTVolume) -> Box | None:
+    """The block of `volume`'s voxels that `grid_to_slices` can carry the voxels of `mask` (a boolean map on
+    `grid`) into; None when the mask is empty or reaches no voxel of the volume.
+
+    A trilinear value blends the grid voxels less than one spacing away on each axis, so a voxel outside the
+    block takes nothing from the mask. The block spans the mask's bounding box widened by _REACH_MARGIN grid
+    voxels (one for the blend, one for the half voxel clamped at the grid's border, the slices' in-plane
+    drift and rounding), mapped into the volume through its corners."""
+    if not mask.any():
+        return None
+    bounds = []
+    for axis in range(3):
+        held = np.flatnonzero(mask.any(axis=tuple(other for other in range(3) if other != axis)))
+        bounds.append((held[0] - _REACH_MARGIN, held[-1] + _REACH_MARGIN))
+    corners = np.array(list(itertools.product(*bounds)), dtype=np.float64)
+    indices = volume.fractional_indices(grid.origin + corners * grid.spacing_mm @ grid.axes)
+    box = []
+    for axis, size in enumerate(volume.hu.shape):
+        start = max(int(np.floor(indices[:, axis].min())), 0)
+        stop = min(int(np.ceil(indices[:, axis].max())) + 1, size)
+        if start >= stop:
+            return None
+        box.append(slice(start, stop))
+    return box[0], box[1], box[2]
 
 
 def _steps(directions: np.ndarray, spacings: Sequence[float], counts: Sequence[int]) -> list[np.ndarray]:
