@@ -25,7 +25,15 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.finding import Finding, Region, VolumeMask
-from scintnode.models.ct_volume import CTVolume, Grid, assemble_volume, grid_to_slices, reach_of, resample_to_grid
+from scintnode.models.ct_volume import (
+    Box,
+    CTVolume,
+    Grid,
+    assemble_volume,
+    grid_to_slices,
+    reach_of,
+    resample_to_grid,
+)
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.weights_file import file_sha256, load_float_state, save_half_precision
 
@@ -228,9 +236,6 @@ def voxel_components(mask: np.ndarray) -> tuple[Voxels, np.ndarray, int]:
     roots = np.array([root(n) for n in range(offset + 1)])
     _, dense = np.unique(roots, return_inverse=True)  # root 0 (background) stays 0
     return voxels, dense[ids], int(dense.max())
-
-
-Box = tuple[slice, ...]  # one slice per axis of a volume
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ _SEPARABLE_TOLERANCE = 1e-3
 # Grid voxels added on each side of a map's voxels to find the volume voxels they reach (see reach_of).
 _REACH_MARGIN = 2
 
-Box = tuple[slice, slice, slice]  # a block of a volume's (slices, rows, columns)
+Box = tuple[slice, ...]  # a block of a volume: one slice per axis (slices, rows, columns)
 
 
 class VolumeNotUsable(ValueError):
@@ -165,11 +165,11 @@ def reach_of(mask: np.ndarray, grid: Grid, volume: CTVolume) -> Box | None:
     block takes nothing from the mask. The block spans the mask's bounding box widened by _REACH_MARGIN grid
     voxels (one for the blend, one for the half voxel clamped at the grid's border, the slices' in-plane
     drift and rounding), mapped into the volume through its corners."""
-    if not mask.any():
-        return None
     bounds = []
     for axis in range(3):
         held = np.flatnonzero(mask.any(axis=tuple(other for other in range(3) if other != axis)))
+        if held.size == 0:
+            return None
         bounds.append((held[0] - _REACH_MARGIN, held[-1] + _REACH_MARGIN))
     corners = np.array(list(itertools.product(*bounds)), dtype=np.float64)
     indices = volume.fractional_indices(grid.origin + corners * grid.spacing_mm @ grid.axes)
@@ -180,7 +180,7 @@ def reach_of(mask: np.ndarray, grid: Grid, volume: CTVolume) -> Box | None:
         if start >= stop:
             return None
         box.append(slice(start, stop))
-    return box[0], box[1], box[2]
+    return tuple(box)
 
 
 def _steps(directions: np.ndarray, spacings: Sequence[float], counts: Sequence[int]) -> list[np.ndarray]:
