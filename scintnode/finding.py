@@ -65,7 +65,7 @@ class VolumeMask:
 
     def centre_slice(self, number: int) -> int:
         """Index of the mask slice through the middle of region `number` (its key image)."""
-        counts = self._voxels_per_slice
+        counts = self.voxels_per_slice
         weights = counts[:, number] if number < counts.shape[1] else np.zeros(len(counts), dtype=np.int64)
         slices = np.flatnonzero(weights)
         if slices.size == 0:
@@ -73,14 +73,18 @@ class VolumeMask:
         return round(float(np.average(slices, weights=weights[slices])))
 
     @functools.cached_property
-    def _voxels_per_slice(self) -> np.ndarray:
-        """(slices, largest label + 1) voxel counts, from one pass over the mask: the SR asks for every
-        region's key slice, and a clinical CT mask has some 50 million voxels."""
-        voxels = np.flatnonzero(self.labels)
-        values = self.labels.ravel()[voxels].astype(np.int64)
-        width = int(values.max(initial=0)) + 1
-        slices = voxels // (self.labels[0].size if len(self.labels) else 1)
-        return np.bincount(slices * width + values, minlength=len(self.labels) * width).reshape(-1, width)
+    def voxels_per_slice(self) -> np.ndarray:
+        """(slices, largest label + 1) voxel counts; column 0 is not counted. The SR, the key image and the
+        SEG all ask for it, and a clinical CT mask has some 50 million voxels, nearly all 0: the slices
+        holding a region are found first by their maximum (about 1 ms), and only those are counted."""
+        flat = self.labels.reshape(self.labels.shape[0], int(np.prod(self.labels.shape[1:])))
+        occupied = np.flatnonzero(flat.max(axis=1, initial=0))
+        width = int(flat[occupied].max(initial=0)) + 1 if occupied.size else 1
+        counts = np.zeros((len(self.labels), width), dtype=np.int64)
+        for index in occupied:
+            counts[index] = np.bincount(flat[index], minlength=width)
+        counts[:, 0] = 0
+        return counts
 
 
 @dataclass(frozen=True)

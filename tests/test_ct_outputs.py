@@ -167,3 +167,23 @@ def test_each_regions_key_slice_is_the_middle_of_its_voxels(seed: int) -> None:
         assert volume.centre_slice(number) == round(float(np.average(np.arange(12), weights=per_slice)))
     with pytest.raises(ValueError, match="region 9 has no voxel"):
         volume.centre_slice(9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_voxels_per_slice_counts_every_label_on_every_slice(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(5, size=(15, 8, 6), p=[0.94, 0.03, 0.01, 0.01, 0.01]).astype(np.uint8)
+    labels[rng.choice(15, size=6, replace=False)] = 0  # empty slices among occupied ones
+    if seed == 1:
+        labels[:] = 0
+    volume = VolumeMask(labels, tuple(str(k) for k in range(15)), "1.2.3", ())
+    counts = volume.voxels_per_slice
+    width = int(labels.max()) + 1
+    assert counts.shape == (15, width)
+    oracle = np.array([[(labels[k] == n).sum() if n else 0 for n in range(width)] for k in range(15)])
+    np.testing.assert_array_equal(counts, oracle)
+
+
+def test_voxels_per_slice_of_a_mask_without_slices() -> None:
+    volume = VolumeMask(np.zeros((0, 4, 4), np.uint8), (), "1.2.3", ())
+    assert volume.voxels_per_slice.shape == (0, 1)

@@ -215,7 +215,7 @@ def test_glands_brought_back_onto_their_reach_equal_those_of_the_whole_map(seed:
         assert reached.gland_boxes == whole.gland_boxes
         nothing = ct_unet.detect_on_slices(np.minimum(on_grid, 0.4), grid, volume)
         assert nothing.gland_probabilities == () and not nothing.labels.any()
-        assert nothing.labels.shape == volume.hu.shape
+        assert nothing.labels.shape == volume.shape
 
 
 def test_single_inputs_and_missing_phases_are_refused_clearly(network: ct_unet.CTParathyroidNetwork) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import generate_uid
+from pydicom.pixels import pixel_array
+from pydicom.uid import RLELossless, generate_uid
 
 from scintnode.models import ct_volume
 from scintnode.models.ct_volume import (
@@ -20,7 +21,9 @@ from scintnode.models.ct_volume import (
     grid_to_slices,
     resample_to_grid,
     sample_array,
+    sample_separable,
     slice_hounsfield,
+    stored_values,
 )
 from scintnode.phantoms.ct import build_ct_series
 from scintnode.phantoms.nm import Patient, StudyInfo
@@ -66,7 +69,7 @@ def test_shuffled_slices_are_put_in_patient_order_with_rescale_applied() -> None
     shuffled = slices[:]
     random.Random(3).shuffle(shuffled)
     volume = assemble_volume(shuffled)
-    np.testing.assert_allclose(volume.hu, hu, atol=0.5)  # stored values are HU + 1024, intercept -1024
+    np.testing.assert_allclose(volume.hounsfield(), hu, atol=0.5)  # stored values are HU + 1024, intercept -1024
     assert volume.sop_instance_uids == tuple(str(ds.SOPInstanceUID) for ds in slices)
     np.testing.assert_allclose(volume.slice_offsets, 30.0 + 2.0 * np.arange(6))
 
@@ -75,7 +78,7 @@ def test_rescale_slope_is_applied() -> None:
     slices = series(np.full((2, 4, 4), 100.0))
     for ds in slices:
         ds.RescaleSlope, ds.RescaleIntercept = 2, -2048
-    assert float(assemble_volume(slices).hu.mean()) == pytest.approx(2 * (100 + 1024) - 2048)
+    assert float(assemble_volume(slices).hounsfield().mean()) == pytest.approx(2 * (100 + 1024) - 2048)
 
 
 def test_assembling_leaves_no_decoded_pixels_cached_on_the_data_sets() -> None:
@@ -86,6 +89,70 @@ def test_assembling_leaves_no_decoded_pixels_cached_on_the_data_sets() -> None:
     assert all(ds._pixel_array is None for ds in slices)
     assert slice_hounsfield(slices[1])[2, 3] == pytest.approx(ramp((3, 8, 8))[1, 2, 3], abs=0.5)
     assert slices[1]._pixel_array is None
+
+
+def test_a_volume_keeps_uncompressed_slices_as_views_on_their_pixel_data() -> None:
+    # a clinical phase as float32 HU is 200 MB of fresh memory; the stored values are already in memory
+    slices = series(ramp((4, 8, 8)))
+    volume = assemble_volume(slices)
+    for ds, stored in zip(sorted(slices, key=lambda ds: float(ds.ImagePositionPatient[2])), volume.stored, strict=True):
+        assert np.shares_memory(stored, np.frombuffer(ds.PixelData, dtype=np.uint8))
+    np.testing.assert_array_equal(volume.hounsfield_slice(2), volume.hounsfield()[2])
+
+
+def _slice(values: list[int], bits_stored: int, signed: int) -> Dataset:
+    ds = series(np.zeros((1, 2, 2)))[0]
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, signed
+    ds.PixelData = np.array(values, dtype="<i2" if signed else "<u2").tobytes()
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("values", "bits_stored", "signed", "viewed"),
+    [
+        ([0, 1, 2048, 4095], 12, 0, True),
+        ([0, 1, -2048, 2047], 12, 1, True),
+        ([-32768, -1, 0, 32767], 16, 1, True),
+        ([0, 1, 40000, 65535], 16, 0, True),
+        ([0, 0x1000, 0xF123, 7], 12, 0, False),  # unused high bits set: pydicom masks them
+        ([0, 2048, -2049, 1], 12, 1, False),  # outside 12 signed bits: pydicom sign-extends bit 11
+    ],
+)
+def test_stored_values_equal_pydicoms_decoding(
+    values: list[int], bits_stored: int, signed: int, viewed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = _slice(values, bits_stored, signed)
+    expected = pixel_array(ds)
+    decoded: list[Dataset] = []
+    monkeypatch.setattr(ct_volume, "pixel_array", lambda ds: decoded.append(ds) or pixel_array(ds))
+    np.testing.assert_array_equal(stored_values(ds), expected)
+    assert decoded == ([] if viewed else [ds]), "in range, the values are read from Pixel Data as they are"
+
+
+def test_compressed_slices_are_decoded_by_pydicom() -> None:
+    slices = series(ramp((2, 8, 8)))
+    expected = [pixel_array(ds) for ds in slices]
+    for ds in slices:
+        ds.compress(RLELossless)
+    volume = assemble_volume(slices)
+    np.testing.assert_array_equal(np.stack(volume.stored), np.stack(expected))
+    np.testing.assert_allclose(volume.hounsfield(), ramp((2, 8, 8)), atol=0.5)
+
+
+def test_separable_sampling_asks_for_each_source_slice_once_in_turn() -> None:
+    rng = np.random.default_rng(8)
+    values = rng.random((9, 6, 5), dtype=np.float32)
+    asked: list[int] = []
+
+    def plane(index: int) -> np.ndarray:
+        asked.append(index)
+        return values[index]
+
+    indices = [np.linspace(-0.4, 8.4, 23), np.linspace(0, 5, 6), np.linspace(0, 4, 5)]
+    sampled = sample_separable(plane, values.shape, indices, -1.0)
+    whole = sample_separable(values.__getitem__, values.shape, indices, -1.0)
+    np.testing.assert_array_equal(sampled, whole)
+    assert asked == sorted(set(asked)) == list(range(9)), "neighbouring output slices share their source slices"
 
 
 def test_gantry_tilt_is_refused_with_a_clear_message() -> None:
@@ -151,7 +218,7 @@ def test_a_second_phase_with_other_geometry_is_resampled_onto_the_first() -> Non
     np.testing.assert_allclose(resample_to_grid(second, grid), resample_to_grid(first, grid), atol=1.0)
     # and a map on the grid goes back onto the first series' own slices
     back = grid_to_slices(resample_to_grid(first, grid), grid, first)
-    np.testing.assert_allclose(back, first.hu, atol=1.0)
+    np.testing.assert_allclose(back, first.hounsfield(), atol=1.0)
 
 
 def test_a_grid_beyond_the_other_phase_is_filled_with_air() -> None:
@@ -177,21 +244,21 @@ def volume_on(
     index = np.arange(len(slice_offsets), dtype=np.float64)[:, None]
     positions = np.asarray(origin) + np.asarray(slice_offsets)[:, None] * normal + index * drift_mm * rows
     uids = tuple(f"1.2.826.0.1.3680043.2.1125.{i}" for i in range(len(slice_offsets)))
-    return CTVolume(hu.astype(np.float32), positions, rows, columns, pixel_spacing, uids, "1.2.826.0.1.3680043.2.1")
+    return CTVolume.from_hounsfield(hu, positions, rows, columns, pixel_spacing, uids, "1.2.826.0.1.3680043.2.1")
 
 
 def resampled_point_by_point(volume: CTVolume, grid: Grid) -> np.ndarray:
     """The oracle: every grid point sampled with the general trilinear sampler."""
     points = np.concatenate([grid.points(k) for k in range(grid.shape[0])])
-    return sample_array(volume.hu, volume.fractional_indices(points), grid.shape, -1024.0)
+    return sample_array(volume.hounsfield(), volume.fractional_indices(points), grid.shape, -1024.0)
 
 
 def returned_point_by_point(values: np.ndarray, grid: Grid, volume: CTVolume) -> np.ndarray:
-    rows, columns = volume.hu.shape[1:]
+    rows, columns = volume.shape[1:]
     r = np.arange(rows)[:, None, None] * volume.pixel_spacing[0] * volume.column_direction
     c = np.arange(columns)[None, :, None] * volume.pixel_spacing[1] * volume.row_direction
     points = np.concatenate([position + (r + c).reshape(-1, 3) for position in volume.positions])
-    return sample_array(values, grid.indices(points), volume.hu.shape, 0.0)
+    return sample_array(values, grid.indices(points), volume.shape, 0.0)
 
 
 def test_resampling_axis_by_axis_equals_sampling_every_point() -> None:
@@ -231,14 +298,14 @@ def test_drifting_slices_and_rotated_phases_are_sampled_point_by_point(monkeypat
     assert not calls, "a phase on the grid's own axes is sampled axis by axis"
 
     # slices drifting 0.03 mm each in-plane (under the tilt tolerance): each lands a little off the grid's rows
-    drifting = volume_on(aligned.hu, (0.0, 0.0, 0.0), (1.0, 1.0), offsets, drift_mm=0.03)
+    drifting = volume_on(aligned.hounsfield(), (0.0, 0.0, 0.0), (1.0, 1.0), offsets, drift_mm=0.03)
     np.testing.assert_allclose(
         grid_to_slices(probability, grid, drifting), returned_point_by_point(probability, grid, drifting), atol=1e-5
     )
     # a phase scanned at 10 degrees about the patient's z axis
     turn = np.deg2rad(10.0)
     rotated = volume_on(
-        aligned.hu,
+        aligned.hounsfield(),
         (-2.0, 1.0, 0.5),
         (1.0, 1.0),
         offsets,

@@ -270,7 +270,7 @@ def detect_on_slices(on_grid: np.ndarray, grid: Grid, volume: CTVolume, threshol
     block that its voxels at or over the threshold reach (ct_volume.reach_of): every voxel outside that block
     blends grid voxels under the threshold, so it is under it too, and the glands are the same. A clinical
     CT's slices hold some 50 million voxels, and the whole map on them was a 200 MB array per job."""
-    labels = np.zeros(volume.hu.shape, dtype=np.uint8)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
     box = reach_of(on_grid >= threshold, grid, volume)
     if box is None:
         return Detection(labels, (), ())
@@ -368,8 +368,8 @@ def _patient_points(volume: CTVolume, index: np.ndarray) -> np.ndarray:
 
 def _midline_x(volume: CTVolume) -> float:
     """Patient x (LPS) of the neck's midline: the mean x of the body's soft tissue on the middle slice."""
-    middle = volume.hu.shape[0] // 2
-    rows, columns = np.nonzero(volume.hu[middle] > -300.0)
+    middle = volume.shape[0] // 2
+    rows, columns = np.nonzero(volume.hounsfield_slice(middle) > -300.0)
     if rows.size == 0:
         return float(_patient_points(volume, np.array([[middle, 0, 0]]))[0, 0])
     index = np.stack([np.full(rows.shape, middle), rows, columns], axis=1)

@@ -7,18 +7,23 @@ Accepted: one series of parallel axial-or-oblique slices, any arrival order, any
 slope/intercept, slices unevenly spaced along their normal (interpolated between neighbours, never assumed
 even). Refused with a message naming the series: mixed orientations, sizes or pixel spacings, duplicate
 slice positions, and gantry tilt (slices stacked off their normal, i.e. a sheared volume, which needs
-re-slicing the scanner should have done)."""
+re-slicing the scanner should have done).
+
+A volume keeps its slices' stored values (views on the data sets' Pixel Data where it is uncompressed) and
+turns a slice into Hounsfield units only when it is sampled. A clinical series of 200 slices of 512x512 as
+float32 is 200 MB per phase, and writing that much fresh memory took longer than the rescaling itself."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from pydicom import Dataset
 from pydicom.pixels import pixel_array
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # Slice orientation cosines and pixel spacings that differ by less than this count as the same.
 _TOLERANCE = 1e-3
@@ -38,18 +43,60 @@ class VolumeNotUsable(ValueError):
 
 @dataclass(frozen=True)
 class CTVolume:
-    """One CT series as a (slices, rows, columns) array of Hounsfield units with its patient geometry.
+    """One CT series as (slices, rows, columns) voxels with their patient geometry: each slice's stored values
+    and the rescale that makes them Hounsfield units.
 
     Patient coordinates (LPS, mm) of voxel (k, r, c): positions[k] + c * column_spacing * row_direction +
     r * row_spacing * column_direction, following DICOM's Image Position/Orientation (Patient)."""
 
-    hu: np.ndarray  # float32 (slices, rows, columns)
+    stored: tuple[np.ndarray, ...]  # (rows, columns) stored values of each slice, in volume order
+    rescale: tuple[tuple[float, float], ...]  # (slope, intercept) of each slice
     positions: np.ndarray  # (slices, 3) Image Position (Patient) of each slice, sorted along the normal
     row_direction: np.ndarray  # (3,) direction of increasing column index (first IOP triplet)
     column_direction: np.ndarray  # (3,) direction of increasing row index (second IOP triplet)
     pixel_spacing: tuple[float, float]  # row spacing, column spacing in mm (DICOM Pixel Spacing order)
     sop_instance_uids: tuple[str, ...]  # of each slice, in volume order
     series_uid: str
+
+    @classmethod
+    def from_hounsfield(
+        cls,
+        hu: np.ndarray,
+        positions: np.ndarray,
+        row_direction: np.ndarray,
+        column_direction: np.ndarray,
+        pixel_spacing: tuple[float, float],
+        sop_instance_uids: tuple[str, ...],
+        series_uid: str,
+    ) -> CTVolume:
+        """A volume of HU values given as one (slices, rows, columns) array (slope 1, intercept 0)."""
+        slices = tuple(np.asarray(plane, dtype=np.float32) for plane in hu)
+        return cls(
+            slices,
+            ((1.0, 0.0),) * len(slices),
+            positions,
+            row_direction,
+            column_direction,
+            pixel_spacing,
+            sop_instance_uids,
+            series_uid,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        rows, columns = self.stored[0].shape
+        return len(self.stored), rows, columns
+
+    def hounsfield_slice(self, index: int) -> np.ndarray:
+        """Slice `index` in HU (float32, a new array)."""
+        return _rescaled(self.stored[index], *self.rescale[index])
+
+    def hounsfield(self) -> np.ndarray:
+        """The whole volume in HU (float32): for sampling at points off the volume's axes."""
+        hu = np.empty(self.shape, dtype=np.float32)
+        for index, (stored, (slope, intercept)) in enumerate(zip(self.stored, self.rescale, strict=True)):
+            _rescaled(stored, slope, intercept, hu[index])
+        return hu
 
     @property
     def normal(self) -> np.ndarray:
@@ -96,7 +143,7 @@ class Grid:
     @classmethod
     def over(cls, volume: CTVolume, spacing_mm: float) -> Grid:
         offsets = volume.slice_offsets
-        rows, columns = volume.hu.shape[1:]
+        rows, columns = volume.shape[1:]
         extent = (
             offsets[-1] - offsets[0],
             (rows - 1) * volume.pixel_spacing[0],
@@ -127,11 +174,13 @@ def resample_to_grid(volume: CTVolume, grid: Grid, fill: float = -1024.0) -> np.
     volume_axes = np.stack([volume.normal, volume.column_direction, volume.row_direction])
     if _aligned(axes, volume_axes, volume.spacing_mm()):
         lines = [volume.fractional_indices(grid.origin + step) for step in axes]
-        return sample_separable(volume.hu, [line[:, axis] for axis, line in enumerate(lines)], fill)
+        indices = [line[:, axis] for axis, line in enumerate(lines)]
+        return sample_separable(volume.hounsfield_slice, volume.shape, indices, fill)
     rows, columns = grid.shape[1:]
+    hu = volume.hounsfield()
     return np.stack(
         [
-            sample_array(volume.hu, volume.fractional_indices(grid.points(k)), (rows, columns), fill)
+            sample_array(hu, volume.fractional_indices(grid.points(k)), (rows, columns), fill)
             for k in range(grid.shape[0])
         ]
     )
@@ -140,7 +189,7 @@ def resample_to_grid(volume: CTVolume, grid: Grid, fill: float = -1024.0) -> np.
 def grid_to_slices(values: np.ndarray, grid: Grid, volume: CTVolume, box: Box | None = None) -> np.ndarray:
     """A map on `grid` (e.g. a probability) brought back onto `volume`'s own slices (trilinear, 0 outside);
     with `box`, onto that block of the volume's voxels only (the result has the block's shape)."""
-    rows, columns = volume.hu.shape[1:]
+    rows, columns = volume.shape[1:]
     slices, row_range, column_range = box or (slice(None),) * 3
     first = volume.positions[0]
     in_plane = _steps(np.stack([volume.column_direction, volume.row_direction]), volume.pixel_spacing, (rows, columns))
@@ -149,7 +198,8 @@ def grid_to_slices(values: np.ndarray, grid: Grid, volume: CTVolume, box: Box | 
     row_steps, column_steps = in_plane[0][row_range], in_plane[1][column_range]
     if _aligned(axes, grid.axes, (grid.spacing_mm,) * 3):
         lines = [grid.indices(points) for points in (volume.positions[slices], first + row_steps, first + column_steps)]
-        return sample_separable(values, [line[:, axis] for axis, line in enumerate(lines)], 0.0)
+        indices = [line[:, axis] for axis, line in enumerate(lines)]
+        return sample_separable(values.__getitem__, values.shape, indices, 0.0)
     plane = (row_steps[:, None] + column_steps[None, :]).reshape(-1, 3)
     shape = (len(row_steps), len(column_steps))
     return np.stack(
@@ -174,7 +224,7 @@ def reach_of(mask: np.ndarray, grid: Grid, volume: CTVolume) -> Box | None:
     corners = np.array(list(itertools.product(*bounds)), dtype=np.float64)
     indices = volume.fractional_indices(grid.origin + corners * grid.spacing_mm @ grid.axes)
     box = []
-    for axis, size in enumerate(volume.hu.shape):
+    for axis, size in enumerate(volume.shape):
         start = max(int(np.floor(indices[:, axis].min())), 0)
         stop = min(int(np.ceil(indices[:, axis].max())) + 1, size)
         if start >= stop:
@@ -241,12 +291,10 @@ def assemble_volume(datasets: Sequence[Dataset]) -> CTVolume:
             "(gantry tilt or a sheared reconstruction); reconstruct perpendicular slices at the scanner"
         )
     ordered = [datasets[int(i)] for i in order]
-    rows, columns = shapes.pop()
-    hu = np.empty((len(ordered), rows, columns), dtype=np.float32)  # filled in place: no second copy of the volume
-    for k, ds in enumerate(ordered):
-        slice_hounsfield(ds, where, hu[k])
+    stored = tuple(stored_values(ds, where) for ds in ordered)
     return CTVolume(
-        hu=hu,
+        stored=stored,
+        rescale=tuple(_rescale_of(ds) for ds in ordered),
         positions=positions,
         row_direction=row_direction,
         column_direction=column_direction,
@@ -273,31 +321,40 @@ def sample_array(array: np.ndarray, indices: np.ndarray, shape: tuple[int, ...],
     return result.reshape(shape).astype(np.float32)
 
 
-def sample_separable(array: np.ndarray, indices: Sequence[np.ndarray], fill: float) -> np.ndarray:
-    """Trilinear values of a (slices, rows, columns) array on the outer product of per-axis fractional indices
-    (three 1-D arrays); `fill` outside, as `sample_array` does point by point. Trilinear weights are the product
-    of per-axis linear weights, so each slice is a blend of two source slices, then of columns, then of rows.
-    The blends are torch's `lerp` and `index_select`, which use every core: numpy's gathers took 0.37 s to
-    bring a clinical CT's probability back onto its 200 slices of 512x512, these 0.14 s."""
+def sample_separable(
+    plane: Callable[[int], np.ndarray], shape: tuple[int, ...], indices: Sequence[np.ndarray], fill: float
+) -> np.ndarray:
+    """Trilinear values of a (slices, rows, columns) volume of `shape`, whose slice k is `plane(k)`, on the outer
+    product of per-axis fractional indices (three 1-D arrays); `fill` outside, as `sample_array` does point by
+    point. Trilinear weights are the product of per-axis linear weights, so each slice is a blend of two source
+    slices, then of columns, then of rows; a source slice is asked for only while it is blended. The blends
+    are torch's `lerp` and `index_select`, which use every core: numpy's gathers took 0.37 s to bring a
+    clinical CT's probability back onto its 200 slices of 512x512, these 0.14 s."""
     (z0, z1, wz, z_out), (r0, r1, wr, r_out), (c0, c1, wc, c_out) = (
-        _linear_weights(np.asarray(index, dtype=np.float64), size)
-        for index, size in zip(indices, array.shape, strict=True)
+        _linear_weights(np.asarray(index, dtype=np.float64), size) for index, size in zip(indices, shape, strict=True)
     )
-    source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     result = np.empty((len(z0), len(r0), len(c0)), dtype=np.float32)
     into = torch.from_numpy(result)
     rows_low, rows_high, columns_low, columns_high = (torch.from_numpy(v) for v in (r0, r1, c0, c1))
     row_weight, column_weight = torch.from_numpy(wr)[:, None], torch.from_numpy(wc)[None, :]
+    held: dict[int, torch.Tensor] = {}  # the source slices of the last blend: neighbouring slices share them
     for k in range(len(z0)):
         if z_out[k]:
             result[k] = fill
             continue
-        plane = source[z0[k]] if wz[k] == 0.0 else torch.lerp(source[z0[k]], source[z1[k]], float(wz[k]))
-        columns = torch.lerp(plane.index_select(1, columns_low), plane.index_select(1, columns_high), column_weight)
+        needed = (int(z0[k]),) if wz[k] == 0.0 else (int(z0[k]), int(z1[k]))
+        held = {index: held[index] if index in held else _float_tensor(plane(index)) for index in needed}
+        source = [held[index] for index in needed]
+        blended = source[0] if len(source) == 1 else torch.lerp(source[0], source[1], float(wz[k]))
+        columns = torch.lerp(blended.index_select(1, columns_low), blended.index_select(1, columns_high), column_weight)
         torch.lerp(columns.index_select(0, rows_low), columns.index_select(0, rows_high), row_weight, out=into[k])
     result[:, r_out, :] = fill
     result[:, :, c_out] = fill
     return result
+
+
+def _float_tensor(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
 
 
 def _linear_weights(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -310,20 +367,55 @@ def _linear_weights(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarra
     return lower, upper, weight, (index < -0.5) | (index > size - 0.5)
 
 
-def slice_hounsfield(ds: Dataset, where: str = "CT", out: np.ndarray | None = None) -> np.ndarray:
-    """The slice's stored values rescaled to HU (float32), written into `out` when given (the slice's rows and
-    columns). Decoded without pydicom's cache on the data set: a job keeps its data sets until its results are
-    written, and a clinical CT's cached slices would hold some 200 MB more."""
+def slice_hounsfield(ds: Dataset, where: str = "CT") -> np.ndarray:
+    """The slice's stored values rescaled to HU (float32)."""
+    return _rescaled(stored_values(ds, where), *_rescale_of(ds))
+
+
+def stored_values(ds: Dataset, where: str = "CT") -> np.ndarray:
+    """The slice's stored values as one (rows, columns) array; VolumeNotUsable if they cannot be decoded.
+
+    Uncompressed little-endian 16-bit values are a read-only view on Pixel Data when every value is within
+    Bits Stored (so pydicom's masking of the unused high bits would change nothing); anything else is decoded
+    by pydicom, without its cache on the data set: a job keeps its data sets until its results are written."""
+    view = _pixel_data_view(ds)
+    if view is not None:
+        return view
     try:
-        stored = pixel_array(ds)
+        stored: np.ndarray = pixel_array(ds)
     except Exception as exc:  # pydicom raises many types for undecodable pixel data
         raise VolumeNotUsable(f"{where}: cannot decode slice {ds.SOPInstanceUID}: {exc}") from exc
+    if stored.shape != (ds.Rows, ds.Columns):
+        raise VolumeNotUsable(f"{where}: slice {ds.SOPInstanceUID} is not a single grey frame ({stored.shape})")
+    return stored
+
+
+def _pixel_data_view(ds: Dataset) -> np.ndarray | None:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return None
+    if ds.get("BitsAllocated") != 16 or ds.get("SamplesPerPixel", 1) != 1 or int(ds.get("NumberOfFrames") or 1) != 1:
+        return None
+    signed, bits = ds.get("PixelRepresentation"), ds.get("BitsStored")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    data = ds.PixelData
+    if signed not in (0, 1) or not isinstance(bits, int) or not 1 <= bits <= 16 or len(data) < 2 * rows * columns:
+        return None
+    view = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * columns).reshape(rows, columns)
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if bits < 16 and (int(view.min()) < low or int(view.max()) > high):
+        return None
+    return view
+
+
+def _rescale_of(ds: Dataset) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+
+
+def _rescaled(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty(stored.shape, dtype=np.float32)
-    if stored.shape != out.shape:
-        raise VolumeNotUsable(f"{where}: slice {ds.SOPInstanceUID} is not a single grey frame ({stored.shape})")
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     np.copyto(out, stored, casting="unsafe")  # then scaled in float32: a third of the time of a mixed-type multiply
     if slope != 1.0:
         out *= slope
