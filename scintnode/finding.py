@@ -75,14 +75,22 @@ class VolumeMask:
     @functools.cached_property
     def voxels_per_slice(self) -> np.ndarray:
         """(slices, largest label + 1) voxel counts; column 0 is not counted. The SR, the key image and the
-        SEG all ask for it, and a clinical CT mask has some 50 million voxels, nearly all 0: the slices
-        holding a region are found first by their maximum (about 1 ms), and only those are counted."""
-        flat = self.labels.reshape(self.labels.shape[0], int(np.prod(self.labels.shape[1:])))
-        occupied = np.flatnonzero(flat.max(axis=1, initial=0))
-        width = int(flat[occupied].max(initial=0)) + 1 if occupied.size else 1
-        counts = np.zeros((len(self.labels), width), dtype=np.int64)
+        SEG all ask for it. A clinical CT mask has some 50 million voxels, nearly all 0: the block holding
+        every region is found first from the mask's maxima (about 4 ms), and only that block is counted."""
+        slices = len(self.labels)
+        maxima = self.labels.reshape(slices, -1).max(axis=1) if self.labels.size else np.zeros(slices, np.uint8)
+        occupied = np.flatnonzero(maxima)
+        if occupied.size == 0:
+            return np.zeros((slices, 1), dtype=np.int64)
+        first = int(occupied[0])
+        block = self.labels[first : int(occupied[-1]) + 1]
+        plane = block.max(axis=0)
+        rows, columns = np.flatnonzero(plane.max(axis=1)), np.flatnonzero(plane.max(axis=0))
+        block = block[:, rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+        width = int(block.max()) + 1
+        counts = np.zeros((slices, width), dtype=np.int64)
         for index in occupied:
-            counts[index] = np.bincount(flat[index], minlength=width)
+            counts[index] = np.bincount(block[index - first].ravel(), minlength=width)
         counts[:, 0] = 0
         return counts
 

@@ -184,6 +184,8 @@ def test_voxels_per_slice_counts_every_label_on_every_slice(seed: int) -> None:
     np.testing.assert_array_equal(counts, oracle)
 
 
-def test_voxels_per_slice_of_a_mask_without_slices() -> None:
-    volume = VolumeMask(np.zeros((0, 4, 4), np.uint8), (), "1.2.3", ())
-    assert volume.voxels_per_slice.shape == (0, 1)
+def test_voxels_per_slice_of_masks_without_voxels() -> None:
+    assert VolumeMask(np.zeros((0, 4, 4), np.uint8), (), "1.2.3", ()).voxels_per_slice.shape == (0, 1)
+    np.testing.assert_array_equal(
+        VolumeMask(np.zeros((3, 0, 0), np.uint8), ("a", "b", "c"), "1.2.3", ()).voxels_per_slice, np.zeros((3, 1))
+    )
