@@ -3,7 +3,8 @@ image of its largest region as a Secondary Capture (through write/sc.py).
 
 Input: a Finding with a `volume` (finding.VolumeMask) and the job's sources; output: pydicom Datasets.
 One segment per region, coded (111002, SCT, "Parathyroid") under Anatomical Structure with the algorithm
-(dicom-conventions.md §2.c, §4.3 item 4); the SR's TID 1411 groups reuse each segment's Tracking UID."""
+(dicom-conventions.md §2.c, §4.3 item 4); the SR's TID 1411 groups reuse each segment's Tracking UID.
+write/seg_document.py builds the SEG itself, in place of highdicom's slower Segmentation constructor."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 import scintnode
 from scintnode.finding import Finding, Hotspot, VolumeMask
 from scintnode.models.ct_volume import slice_hounsfield
 from scintnode.write.sc import build_heatmap_sc
+from scintnode.write.seg_document import BinarySegmentation
 from scintnode.write.sr import MANUFACTURER, series_description
 
 SEG_SERIES_NUMBER = 9003
@@ -39,6 +41,27 @@ def build_segmentation(
     volume = _volume_with_regions(finding)
     slices = source_slices(volume, sources)
     model = finding.model
+    return BinarySegmentation(
+        slices,
+        volume.labels,
+        volume.voxels_per_slice,
+        segment_descriptions(finding),
+        series_instance_uid=series_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.name,
+        software_versions=[f"scintnode {scintnode.__version__}", f"{model.name} {model.version}"],
+        device_serial_number="none",
+        series_description=series_description("AI segmentation", model),
+    )
+
+
+def segment_descriptions(finding: Finding) -> list[hd.seg.SegmentDescription]:
+    """One description per region of `finding.volume`, in region order, each with a fresh Tracking UID."""
+    volume = _volume_with_regions(finding)
+    model = finding.model
     synthetic = "synthetic-trained, " if model.trained_on_synthetic else ""
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model.name,
@@ -46,7 +69,7 @@ def build_segmentation(
         version=model.version,
         parameters={"weights-sha256": model.weights_sha256},
     )
-    descriptions = [
+    return [
         hd.seg.SegmentDescription(
             segment_number=region.number,
             segment_label=f"{region.label} ({region.side})"[:64],
@@ -64,24 +87,6 @@ def build_segmentation(
         )
         for region in volume.regions
     ]
-    seg = hd.seg.Segmentation(
-        source_images=slices,
-        pixel_array=volume.labels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=series_uid or generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=model.name,
-        software_versions=[f"scintnode {scintnode.__version__}", f"{model.name} {model.version}"],
-        device_serial_number="none",
-        omit_empty_frames=True,
-        series_description=series_description("AI segmentation", model),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-    )
-    return seg
 
 
 def source_slices(volume: VolumeMask, sources: Sequence[Dataset]) -> list[Dataset]:
