@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 from pydicom.valuerep import DS, format_number_as_ds
 
 from scintnode.write.equipment import acquisition_first
+from scintnode.write.source_study import study_arguments
 
 # highdicom's codes for how each frame derives from its slice (seg/sop.py and image.py)
 _DERIVATION = hd.sr.CodedConcept.from_code(codes.cid7203.SegmentationImageDerivation)
@@ -76,7 +77,7 @@ class BinarySegmentation(hd.SOPClass):  # type: ignore[misc]  # highdicom is not
         numbers = _check_inputs(source_images, labels, voxels_per_slice, segment_descriptions)
         first = source_images[0]
         super().__init__(
-            study_instance_uid=first.StudyInstanceUID,
+            **study_arguments(first),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
@@ -85,19 +86,9 @@ class BinarySegmentation(hd.SOPClass):  # type: ignore[misc]  # highdicom is not
             manufacturer=manufacturer,
             modality="SEG",
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            patient_id=first.PatientID,
-            patient_name=first.PatientName,
-            patient_birth_date=first.PatientBirthDate,
-            patient_sex=first.PatientSex,
-            accession_number=first.AccessionNumber,
-            study_id=first.StudyID,
-            study_date=first.StudyDate,
-            study_time=first.StudyTime,
-            referring_physician_name=first.get("ReferringPhysicianName"),
             manufacturer_model_name=manufacturer_model_name,
             device_serial_number=device_serial_number,
             software_versions=software_versions,
-            specific_character_set=first.get("SpecificCharacterSet"),
             series_description=series_description,
         )
         self.copy_specimen_information(first)

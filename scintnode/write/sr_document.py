@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from scintnode.write.equipment import acquisition_first
+from scintnode.write.source_study import study_arguments
 from scintnode.write.unlisted_classes import as_listed_class
 
 _REFERENCING_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE"})
@@ -53,7 +54,7 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
             raise ValueError(f"the content must be a single root container, got {len(content)} items")
         first = evidence[0]
         super().__init__(
-            study_instance_uid=first.StudyInstanceUID,
+            **study_arguments(first),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
@@ -62,16 +63,6 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
             manufacturer=manufacturer,
             modality="SR",
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            patient_id=first.PatientID,
-            patient_name=first.PatientName,
-            patient_birth_date=first.PatientBirthDate,
-            patient_sex=first.PatientSex,
-            accession_number=first.AccessionNumber,
-            study_id=first.StudyID,
-            study_date=first.StudyDate,
-            study_time=first.StudyTime,
-            referring_physician_name=first.get("ReferringPhysicianName"),
-            specific_character_set=first.get("SpecificCharacterSet"),
             series_description=series_description,
         )
         self.CompletionFlag = "COMPLETE"
