@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
 from torch import nn
 
+from scintnode.cam import ClassActivationMap
 from scintnode.models import dscint as net
 from scintnode.models.nm_input import ImageNotUsable, decode_frames, read_planar_frames
 from scintnode.phantoms import bone as phantoms
@@ -296,6 +298,110 @@ def test_two_view_sc_shows_both_views_and_validates(small_network: net.DscintNet
     assert not separator.any()  # the black gap between the two views
     assert_dciodvfy_clean(sc, allowed_errors=[LATERALITY_2C_LIMITATION])
     assert_dciodvfy_clean(build_report(finding, [ds]))
+
+
+def _back_propagated(model: net.Dscint, x: torch.Tensor, class_index: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM on relu5 by autograd (the oracle), with the logits of its pass."""
+    with ClassActivationMap(model, net.CAM_LAYER) as cam:
+        logits = cam.forward(x)
+        return cam.explain(class_index).maps, logits
+
+
+def _mean_gradients(model: net.Dscint, x: torch.Tensor, class_index: int) -> torch.Tensor:
+    """Grad-CAM's channel weights by autograd: d logit / d relu5, averaged over each channel's positions."""
+    activation = model.last_activation(x).detach().requires_grad_(True)
+    logits = model.classifier(torch.flatten(model.pool3(activation), 1))
+    (gradient,) = torch.autograd.grad(logits[:, class_index].sum(), activation)
+    return gradient.mean(dim=(2, 3))
+
+
+def _inputs(pair: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    views = np.stack([net.network_image(view, shape) for view in pair])
+    return net.to_network_input(views)
+
+
+@pytest.fixture(scope="module")
+def committed() -> net.DscintNetwork:
+    return net.load_dscint_network()
+
+
+@pytest.mark.parametrize("weights", ["untrained quarter size", "committed"])
+def test_grad_cam_from_the_forward_pass_equals_back_propagation(
+    weights: str, pair: np.ndarray, committed: net.DscintNetwork
+) -> None:
+    if weights == "committed":
+        model = committed.model
+    else:
+        torch.manual_seed(3)
+        model = net.Dscint(input_shape=SMALL).eval()
+    x = _inputs(pair, model.input_shape)
+    noise = torch.rand((1, 1, *model.input_shape), generator=torch.Generator().manual_seed(5))
+    explainer = net.HeadGradCam(model)
+    for batch in (x, noise):
+        with torch.inference_mode():
+            forward = model.forward_for_cam(batch)
+        for class_index in range(len(net.LABELS)):
+            expected_weights = _mean_gradients(model, batch, class_index)
+            weights_now = explainer.channel_weights(forward, class_index)
+            assert float(expected_weights.abs().max()) > 0
+            torch.testing.assert_close(
+                weights_now, expected_weights, rtol=1e-4, atol=1e-4 * float(expected_weights.abs().max())
+            )
+            expected, logits = _back_propagated(model, batch, class_index)
+            torch.testing.assert_close(forward.logits, logits, rtol=1e-5, atol=1e-5)
+            ours = explainer.maps(forward, class_index)
+            assert ours.shape == expected.shape == (batch.shape[0], *forward.activation.shape[2:])
+            np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5 * max(float(expected.max()), 1e-3))
+
+
+def test_the_network_reports_the_back_propagated_map(committed: net.DscintNetwork, pair: np.ndarray) -> None:
+    """What a job shows is Grad-CAM as autograd computes it, scaled over both views, on each stored frame."""
+    ds = whole_body(pair)
+    finding = committed.run([ds])
+    model = committed.model
+    predicted = net.CLASS_KEYS.index(finding.predicted)
+    expected, _ = _back_propagated(model, _inputs(pair, model.input_shape), predicted)
+    frames = net.read_planar_frames(ds, 0)
+    on_frames = [net._to_frame(cam_map, frame) for cam_map, frame in zip(expected, frames, strict=True)]
+    peak = max(float(m.max()) for m in on_frames)
+    assert peak > 0
+    for panel, cam_map in zip(finding.panels, on_frames, strict=True):
+        np.testing.assert_allclose(panel.heatmap, cam_map / peak, atol=1e-4)
+
+
+def test_a_view_is_shown_as_its_counts_scaled_whatever_size_the_network_takes(pair: np.ndarray) -> None:
+    lying = whole_body(np.ascontiguousarray(pair.transpose(0, 2, 1)[:, :, ::-1]))  # head on the right
+    lying.PatientOrientation = ["H", "L"]
+    for ds in (whole_body(pair), lying):
+        frames = net.read_planar_frames(ds, 0)
+        for shape in (net.INPUT_SHAPE, SMALL):
+            passes = net.view_passes([ds], shape)
+            for view_pass, frame in zip(passes, frames, strict=True):
+                assert np.array_equal(net._display(view_pass), net.scale_counts(frame.pixels))
+    # Counts below 0 (a signed secondary capture) are clipped before the network, which can move the percentile:
+    # here 0 lies between the two counts it interpolates, so only the frame itself gives the display.
+    frame = net.read_planar_frames(whole_body(pair), 0)[0]
+    counts = np.arange(frame.pixels.size, dtype=np.float32)
+    counts -= np.float32(int(net.INTENSITY_PERCENTILE / 100 * (counts.size - 1)) + 0.5)
+    signed = replace(frame, pixels=np.random.default_rng(2).permutation(counts).reshape(frame.pixels.shape))
+    (view_pass,) = [p for p in net.view_passes([whole_body(pair)]) if p.view == "anterior"]
+    view_pass = replace(view_pass, frame=signed, image=net.network_image(signed.upright.apply(signed.pixels)))
+    assert not np.array_equal(signed.upright.invert(view_pass.image), net.scale_counts(signed.pixels))
+    assert np.array_equal(net._display(view_pass), net.scale_counts(signed.pixels))
+
+
+def test_a_study_stored_lying_gets_the_upright_studys_panels_turned(
+    committed: net.DscintNetwork, pair: np.ndarray
+) -> None:
+    upright = committed.run([whole_body(pair)])
+    lying = whole_body(np.ascontiguousarray(pair.transpose(0, 2, 1)[:, :, ::-1]))  # head on the right
+    lying.PatientOrientation = ["H", "L"]
+    turned = committed.run([lying])
+    assert turned.probabilities == upright.probabilities
+    for ours, theirs in zip(turned.panels, upright.panels, strict=True):
+        assert ours.display.shape == ours.heatmap.shape == (256, 1024)
+        assert np.array_equal(ours.display, theirs.display.T[:, ::-1])
+        np.testing.assert_allclose(ours.heatmap, theirs.heatmap.T[:, ::-1], atol=1e-6)
 
 
 def test_committed_weights_classify_fresh_synthetic_phantoms() -> None:
