@@ -12,18 +12,16 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.pixels import pixel_array
 from pydicom.uid import RLELossless, generate_uid
 
-from scintnode.models import ct_volume
+from scintnode.models import ct_slices, ct_volume
+from scintnode.models.ct_slices import VolumeNotUsable, slice_hounsfield, stored_values
 from scintnode.models.ct_volume import (
     CTVolume,
     Grid,
-    VolumeNotUsable,
     assemble_volume,
     grid_to_slices,
     resample_to_grid,
     sample_array,
     sample_separable,
-    slice_hounsfield,
-    stored_values,
 )
 from scintnode.phantoms.ct import build_ct_series
 from scintnode.phantoms.nm import Patient, StudyInfo
@@ -124,7 +122,7 @@ def test_stored_values_equal_pydicoms_decoding(
     ds = _slice(values, bits_stored, signed)
     expected = pixel_array(ds)
     decoded: list[Dataset] = []
-    monkeypatch.setattr(ct_volume, "pixel_array", lambda ds: decoded.append(ds) or pixel_array(ds))
+    monkeypatch.setattr(ct_slices, "pixel_array", lambda ds: decoded.append(ds) or pixel_array(ds))
     np.testing.assert_array_equal(stored_values(ds), expected)
     assert decoded == ([] if viewed else [ds]), "in range, the values are read from Pixel Data as they are"
 

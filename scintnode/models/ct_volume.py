@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydicom import Dataset
-from pydicom.pixels import pixel_array
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from scintnode.models.ct_slices import VolumeNotUsable, rescale_of, rescaled, stored_values
 
 # Slice orientation cosines and pixel spacings that differ by less than this count as the same.
 _TOLERANCE = 1e-3
@@ -35,10 +35,6 @@ _SEPARABLE_TOLERANCE = 1e-3
 _REACH_MARGIN = 2
 
 Box = tuple[slice, ...]  # a block of a volume: one slice per axis (slices, rows, columns)
-
-
-class VolumeNotUsable(ValueError):
-    """The CT instances cannot be made into one volume; the message says which series and why."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +85,13 @@ class CTVolume:
 
     def hounsfield_slice(self, index: int) -> np.ndarray:
         """Slice `index` in HU (float32, a new array)."""
-        return _rescaled(self.stored[index], *self.rescale[index])
+        return rescaled(self.stored[index], *self.rescale[index])
 
     def hounsfield(self) -> np.ndarray:
         """The whole volume in HU (float32): for sampling at points off the volume's axes."""
         hu = np.empty(self.shape, dtype=np.float32)
         for index, (stored, (slope, intercept)) in enumerate(zip(self.stored, self.rescale, strict=True)):
-            _rescaled(stored, slope, intercept, hu[index])
+            rescaled(stored, slope, intercept, hu[index])
         return hu
 
     @property
@@ -294,7 +290,7 @@ def assemble_volume(datasets: Sequence[Dataset]) -> CTVolume:
     stored = tuple(stored_values(ds, where) for ds in ordered)
     return CTVolume(
         stored=stored,
-        rescale=tuple(_rescale_of(ds) for ds in ordered),
+        rescale=tuple(rescale_of(ds) for ds in ordered),
         positions=positions,
         row_direction=row_direction,
         column_direction=column_direction,
@@ -365,62 +361,6 @@ def _linear_weights(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarra
     upper = np.minimum(lower + 1, size - 1)
     weight = (clamped - lower).astype(np.float32)
     return lower, upper, weight, (index < -0.5) | (index > size - 0.5)
-
-
-def slice_hounsfield(ds: Dataset, where: str = "CT") -> np.ndarray:
-    """The slice's stored values rescaled to HU (float32)."""
-    return _rescaled(stored_values(ds, where), *_rescale_of(ds))
-
-
-def stored_values(ds: Dataset, where: str = "CT") -> np.ndarray:
-    """The slice's stored values as one (rows, columns) array; VolumeNotUsable if they cannot be decoded.
-
-    Uncompressed little-endian 16-bit values are a read-only view on Pixel Data when every value is within
-    Bits Stored (so pydicom's masking of the unused high bits would change nothing); anything else is decoded
-    by pydicom, without its cache on the data set: a job keeps its data sets until its results are written."""
-    view = _pixel_data_view(ds)
-    if view is not None:
-        return view
-    try:
-        stored: np.ndarray = pixel_array(ds)
-    except Exception as exc:  # pydicom raises many types for undecodable pixel data
-        raise VolumeNotUsable(f"{where}: cannot decode slice {ds.SOPInstanceUID}: {exc}") from exc
-    if stored.shape != (ds.Rows, ds.Columns):
-        raise VolumeNotUsable(f"{where}: slice {ds.SOPInstanceUID} is not a single grey frame ({stored.shape})")
-    return stored
-
-
-def _pixel_data_view(ds: Dataset) -> np.ndarray | None:
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-        return None
-    if ds.get("BitsAllocated") != 16 or ds.get("SamplesPerPixel", 1) != 1 or int(ds.get("NumberOfFrames") or 1) != 1:
-        return None
-    signed, bits = ds.get("PixelRepresentation"), ds.get("BitsStored")
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    data = ds.PixelData
-    if signed not in (0, 1) or not isinstance(bits, int) or not 1 <= bits <= 16 or len(data) < 2 * rows * columns:
-        return None
-    view = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * columns).reshape(rows, columns)
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    if bits < 16 and (int(view.min()) < low or int(view.max()) > high):
-        return None
-    return view
-
-
-def _rescale_of(ds: Dataset) -> tuple[float, float]:
-    return float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
-
-
-def _rescaled(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray | None = None) -> np.ndarray:
-    if out is None:
-        out = np.empty(stored.shape, dtype=np.float32)
-    np.copyto(out, stored, casting="unsafe")  # then scaled in float32: a third of the time of a mixed-type multiply
-    if slope != 1.0:
-        out *= slope
-    out += intercept
-    return out
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

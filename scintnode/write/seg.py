@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 import scintnode
 from scintnode.finding import Finding, Hotspot, VolumeMask
-from scintnode.models.ct_volume import slice_hounsfield
+from scintnode.models.ct_slices import slice_hounsfield
 from scintnode.write.sc import build_heatmap_sc
 from scintnode.write.seg_document import BinarySegmentation
 from scintnode.write.sr import MANUFACTURER, series_description
