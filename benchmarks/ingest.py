@@ -5,7 +5,7 @@ DCMTK-based party). Each receiver is started fresh and answers C-ECHO before the
 counts only if every instance was stored. scintnode runs as `scintnode serve` with an empty rule set, so
 what is measured is receive: bytes on disk (fsync) and indexed before success is answered.
 
-    .venv/bin/python -m benchmarks.ingest [--ct 300 --nm 300 --wb 20 --rounds 3 --json out.json]
+    .venv/bin/python -m benchmarks.ingest [--ct 300 --nm 300 --wb 20 --rounds 3 --json out.json] [--under /dev/shm]
 """
 
 from __future__ import annotations
@@ -161,11 +161,14 @@ def send(receiver: Receiver, files: list[Path], associations: int) -> float:
 def measure(name: str, dataset: str, files: list[Path], associations: int, workdir: Path) -> Row:
     # storescp leaves its files unsynced: flush them first, or their writeback lands in the next run
     os.sync()
-    with RECEIVERS[name](workdir / f"{name}-{dataset}-{associations}") as receiver:
+    storage = workdir / f"{name}-{dataset}-{associations}"
+    with RECEIVERS[name](storage) as receiver:
         cpu_before = _cpu_seconds(receiver.pid)
         seconds = send(receiver, files, associations)
         cpu = _cpu_seconds(receiver.pid) - cpu_before
         rss = _rss_mb(receiver.pid)
+    # every run starts on the disk as the first did: received copies left behind slowed the later rounds
+    shutil.rmtree(storage)
     size = sum(p.stat().st_size for p in files) / 1e6
     return Row(receiver.name, dataset, associations, len(files), seconds, size, cpu, rss)
 
@@ -203,13 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         "--associations", default="1,4", help="parallel storescu associations per cell, comma-separated (e.g. 1,4,16)"
     )
     parser.add_argument("--json", type=Path, help="also write every run as JSON")
+    parser.add_argument(
+        "--under",
+        type=Path,
+        help="make the working folder (the sets and every receiver's storage) in this folder instead of the system's"
+        " temporary folder; on a tmpfs such as /dev/shm every fsync is free, which measures a receiver without its"
+        " disk",
+    )
     args = parser.parse_args(argv)
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             print(f"{tool} not found: install dcmtk (scripts/setup.sh does)")
             return 2
     # gigabytes of synthetic sets and received copies: removed even when a run fails or is interrupted
-    with tempfile.TemporaryDirectory(prefix="scintnode-bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="scintnode-bench-", dir=args.under) as workdir:
         return _measure(args, Path(workdir))
 
 
