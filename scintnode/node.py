@@ -94,6 +94,15 @@ class Node:
                 log.error("network %s could not be loaded (its jobs will fail until it can): %s", name, exc)
         log.info("networks loaded: %s", ", ".join(names))
 
+    def _import_network_code(self) -> None:
+        """Import the code (and torch) of every network the rules use, not their weights: a node whose rules use
+        no network never imports torch, and one whose rules do pays the import at start, not at its first job."""
+        for name in sorted({rule.network for rule in self.rule_set.rules}):
+            try:
+                self.registry.import_code([name])
+            except ImportError as exc:
+                log.error("network %s's code could not be imported (its jobs will fail until it can): %s", name, exc)
+
     def start(self) -> None:
         log.info(
             "rule set %s: %d rule(s) from %s",
@@ -103,6 +112,8 @@ class Node:
         )
         if self.settings.preload_networks:
             self._preload_networks()
+        else:
+            self._import_network_code()
         self.pipeline.recover()
         completion = self.settings.completion
         tick = max(0.2, min(completion.release_quiet_seconds, completion.long_quiet_seconds) / 2)

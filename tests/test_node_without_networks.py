@@ -1,12 +1,18 @@
-"""A node whose rules use no network never imports torch: 180 MB of memory and a second at start it would
-not use. Only loading a network (or a job) brings it in."""
+"""A node imports torch only for networks its rules use: one whose rules use none never does (180 MB of
+memory and a second at start it would not use); one whose rules use a network imports its code at start
+(not at its first job) and loads the weights at first use, unless `preload_networks` loads them at start."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
+
+REPOSITORY_RULES = Path(__file__).resolve().parent.parent / "rules"
 
 START_AND_STOP_A_NODE = textwrap.dedent(
     """
@@ -14,29 +20,74 @@ START_AND_STOP_A_NODE = textwrap.dedent(
     from pathlib import Path
 
     from scintnode.config import load_settings
+    from scintnode.models.registry import default_registry
     from scintnode.node import Node
 
     root = Path(sys.argv[1])
-    (root / "rules").mkdir()
     config = root / "node.yaml"
     config.write_text(
         f"node: {{port: 0, bind_address: 127.0.0.1}}\\nstorage: {{root: {root / 'spool'}}}\\n"
         f"rules_dir: {root / 'rules'}\\nhttp: {{enabled: false}}\\n"
+        "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\\n"
     )
-    node = Node(load_settings(config))
+    registry = default_registry()
+    node = Node(load_settings(config), registry=registry)
     node.start()
     node.stop()
     print("torch imported:", "torch" in sys.modules)
+    print("thyroid code imported:", "scintnode.models.thyroid" in sys.modules)
+    print("networks loaded:", len(registry._loaded))
     """
 )
 
 
-def test_a_node_that_runs_no_network_does_not_import_torch(tmp_path: Path) -> None:
+def _start_and_stop(root: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", START_AND_STOP_A_NODE, str(tmp_path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", START_AND_STOP_A_NODE, str(root)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "torch imported: False" in result.stdout
+    return result.stdout
+
+
+def test_a_node_that_runs_no_network_does_not_import_torch(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    out = _start_and_stop(tmp_path)
+    assert "torch imported: False" in out and "networks loaded: 0" in out
+
+
+def test_a_node_imports_the_code_of_its_rules_networks_at_start_and_their_weights_at_first_use(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "rules").mkdir()
+    shutil.copy(REPOSITORY_RULES / "thyroid.yaml", tmp_path / "rules")
+    out = _start_and_stop(tmp_path)
+    assert "torch imported: True" in out and "thyroid code imported: True" in out
+    assert "networks loaded: 0" in out  # preload_networks is off by default
+
+
+def test_a_network_whose_code_cannot_be_imported_is_reported_and_the_node_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from scintnode.config import load_settings
+    from scintnode.models.registry import Registry
+    from scintnode.node import Node
+
+    (tmp_path / "rules").mkdir()
+    shutil.copy(REPOSITORY_RULES / "thyroid.yaml", tmp_path / "rules")
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"node: {{port: 0, bind_address: 127.0.0.1}}\nstorage: {{root: {tmp_path / 'spool'}}}\n"
+        f"rules_dir: {tmp_path / 'rules'}\nhttp: {{enabled: false}}\n"
+        "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\n"
+    )
+    registry = Registry({}, {"thyroid-resnet34": "scintnode.models.no_such_module"})
+    node = Node(load_settings(config), registry=registry)
+    node.start()
+    try:
+        assert node.receiver.listening
+        assert "network thyroid-resnet34's code could not be imported" in caplog.text
+    finally:
+        node.stop()
 
 
 def test_the_ct_key_image_reads_its_slice_without_torch() -> None:

@@ -4,6 +4,7 @@ Networks are loaded once and kept; each takes the job's source datasets and retu
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -35,10 +36,14 @@ class UnknownNetwork(LookupError):
 
 
 class Registry:
-    """Loads each network on first use and keeps it; thread-safe."""
+    """Loads each network on first use and keeps it; thread-safe.
 
-    def __init__(self, factories: dict[str, Callable[[], Network]]) -> None:
+    ``modules`` names the module each network's code lives in, so `import_code` can import it (and torch)
+    without loading any weights."""
+
+    def __init__(self, factories: dict[str, Callable[[], Network]], modules: dict[str, str] | None = None) -> None:
         self._factories = dict(factories)
+        self._modules = dict(modules or {})
         self._loaded: dict[str, Network] = {}
         self._lock = threading.Lock()
 
@@ -54,53 +59,38 @@ class Registry:
                 self._loaded[name] = self._factories[name]()
             return self._loaded[name]
 
+    def import_code(self, names: Sequence[str]) -> None:
+        """Import the code of these networks (a second for torch, paid once), not their weights; ImportError
+        if one cannot be."""
+        for name in names:
+            module = self._modules.get(name)
+            if module is not None:
+                importlib.import_module(module)
+
+
+# name -> (module, loader in it, the loader's arguments): the networks this build ships
+_SHIPPED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "thyroid-resnet34": ("scintnode.models.thyroid", "load_thyroid_network", ()),
+    "i131-neck-resnet18": ("scintnode.models.i131_neck", "load_i131_neck_network", ()),
+    "input-check": ("scintnode.models.input_check", "load_input_check", ()),
+    "dscint": ("scintnode.models.dscint", "load_dscint_network", ()),
+    "ct-parathyroid-unet": ("scintnode.models.ct_unet", "load_ct_parathyroid_network", ()),
+    "paranet-small": ("scintnode.models.paranet", "load_paranet_network", ("paranet-small",)),
+    "paranet": ("scintnode.models.paranet", "load_paranet_network", ("paranet",)),
+}
+
+
+def _loader(module: str, function: str, arguments: tuple[str, ...]) -> Callable[[], Network]:
+    def load() -> Network:
+        network: Network = getattr(importlib.import_module(module), function)(*arguments)
+        return network
+
+    return load
+
 
 def default_registry() -> Registry:
     """The networks this build ships, each loaded from its committed weights on first use."""
-
-    def thyroid() -> Network:
-        from scintnode.models.thyroid import load_thyroid_network
-
-        return load_thyroid_network()
-
-    def dscint() -> Network:
-        from scintnode.models.dscint import load_dscint_network
-
-        return load_dscint_network()
-
-    def i131_neck() -> Network:
-        from scintnode.models.i131_neck import load_i131_neck_network
-
-        return load_i131_neck_network()
-
-    def ct_parathyroid() -> Network:
-        from scintnode.models.ct_unet import load_ct_parathyroid_network
-
-        return load_ct_parathyroid_network()
-
-    def paranet_small() -> Network:
-        from scintnode.models.paranet import load_paranet_network
-
-        return load_paranet_network("paranet-small")
-
-    def paranet() -> Network:
-        from scintnode.models.paranet import load_paranet_network
-
-        return load_paranet_network("paranet")
-
-    def input_check() -> Network:
-        from scintnode.models.input_check import load_input_check
-
-        return load_input_check()
-
     return Registry(
-        {
-            "thyroid-resnet34": thyroid,
-            "i131-neck-resnet18": i131_neck,
-            "input-check": input_check,
-            "dscint": dscint,
-            "ct-parathyroid-unet": ct_parathyroid,
-            "paranet-small": paranet_small,
-            "paranet": paranet,
-        }
+        {name: _loader(*entry) for name, entry in _SHIPPED.items()},
+        {name: module for name, (module, _, _) in _SHIPPED.items()},
     )
