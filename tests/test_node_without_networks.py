@@ -95,3 +95,15 @@ def test_the_ct_key_image_reads_its_slice_without_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_every_network_in_the_catalog_has_its_code_and_loader() -> None:
+    """The registry names each network's module and loader as text: each must exist, for every catalog name."""
+    import importlib
+
+    from scintnode.models import registry
+    from scintnode.models.catalog import network_names
+
+    assert sorted(registry._SHIPPED) == sorted(network_names()) == list(registry.default_registry().names)
+    for module, loader, _ in registry._SHIPPED.values():
+        assert callable(getattr(importlib.import_module(module), loader))
