@@ -84,9 +84,12 @@ class Node:
         if self.shadow is not None:
             self.shadow.reload(reason)
 
+    def _rule_networks(self) -> list[str]:
+        return sorted({rule.network for rule in self.rule_set.rules})
+
     def _preload_networks(self) -> None:
         """Load every network the rules use, so no job pays for loading; a missing one is reported, not fatal."""
-        names = sorted({rule.network for rule in self.rule_set.rules})
+        names = self._rule_networks()
         for name in names:
             try:
                 self.registry.get(name)
@@ -97,9 +100,9 @@ class Node:
     def _import_network_code(self) -> None:
         """Import the code (and torch) of every network the rules use, not their weights: a node whose rules use
         no network never imports torch, and one whose rules do pays the import at start, not at its first job."""
-        for name in sorted({rule.network for rule in self.rule_set.rules}):
+        for name in self._rule_networks():
             try:
-                self.registry.import_code([name])
+                self.registry.import_code(name)
             except ImportError as exc:
                 log.error("network %s's code could not be imported (its jobs will fail until it can): %s", name, exc)
 

@@ -23,15 +23,8 @@ START_AND_STOP_A_NODE = textwrap.dedent(
     from scintnode.models.registry import default_registry
     from scintnode.node import Node
 
-    root = Path(sys.argv[1])
-    config = root / "node.yaml"
-    config.write_text(
-        f"node: {{port: 0, bind_address: 127.0.0.1}}\\nstorage: {{root: {root / 'spool'}}}\\n"
-        f"rules_dir: {root / 'rules'}\\nhttp: {{enabled: false}}\\n"
-        "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\\n"
-    )
     registry = default_registry()
-    node = Node(load_settings(config), registry=registry)
+    node = Node(load_settings(Path(sys.argv[1])), registry=registry)
     node.start()
     node.stop()
     print("torch imported:", "torch" in sys.modules)
@@ -41,26 +34,37 @@ START_AND_STOP_A_NODE = textwrap.dedent(
 )
 
 
-def _start_and_stop(root: Path) -> str:
+def _node_config(root: Path, rules: tuple[str, ...] = ()) -> Path:
+    """A node on a free port over `root`, with these files of the repository's rules."""
+    (root / "rules").mkdir()
+    for name in rules:
+        shutil.copy(REPOSITORY_RULES / name, root / "rules")
+    config = root / "node.yaml"
+    config.write_text(
+        f"node: {{port: 0, bind_address: 127.0.0.1}}\nstorage: {{root: {root / 'spool'}}}\n"
+        f"rules_dir: {root / 'rules'}\nhttp: {{enabled: false}}\n"
+        "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\n"
+    )
+    return config
+
+
+def _start_and_stop(config: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", START_AND_STOP_A_NODE, str(root)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", START_AND_STOP_A_NODE, str(config)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def test_a_node_that_runs_no_network_does_not_import_torch(tmp_path: Path) -> None:
-    (tmp_path / "rules").mkdir()
-    out = _start_and_stop(tmp_path)
+    out = _start_and_stop(_node_config(tmp_path))
     assert "torch imported: False" in out and "networks loaded: 0" in out
 
 
 def test_a_node_imports_the_code_of_its_rules_networks_at_start_and_their_weights_at_first_use(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "rules").mkdir()
-    shutil.copy(REPOSITORY_RULES / "thyroid.yaml", tmp_path / "rules")
-    out = _start_and_stop(tmp_path)
+    out = _start_and_stop(_node_config(tmp_path, ("thyroid.yaml",)))
     assert "torch imported: True" in out and "thyroid code imported: True" in out
     assert "networks loaded: 0" in out  # preload_networks is off by default
 
@@ -72,16 +76,8 @@ def test_a_network_whose_code_cannot_be_imported_is_reported_and_the_node_runs(
     from scintnode.models.registry import Registry
     from scintnode.node import Node
 
-    (tmp_path / "rules").mkdir()
-    shutil.copy(REPOSITORY_RULES / "thyroid.yaml", tmp_path / "rules")
-    config = tmp_path / "node.yaml"
-    config.write_text(
-        f"node: {{port: 0, bind_address: 127.0.0.1}}\nstorage: {{root: {tmp_path / 'spool'}}}\n"
-        f"rules_dir: {tmp_path / 'rules'}\nhttp: {{enabled: false}}\n"
-        "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\n"
-    )
     registry = Registry({}, {"thyroid-resnet34": "scintnode.models.no_such_module"})
-    node = Node(load_settings(config), registry=registry)
+    node = Node(load_settings(_node_config(tmp_path, ("thyroid.yaml",))), registry=registry)
     node.start()
     try:
         assert node.receiver.listening

@@ -193,8 +193,7 @@ class HeadGradCam:
     def __init__(self, model: Dscint) -> None:
         first, second, last = (_linear(model.classifier[index]) for index in (1, 4, 6))
         channels = model.conv5.out_channels
-        with torch.no_grad():
-            self._channel_sums = first.weight.detach().reshape(first.out_features, channels, -1).sum(dim=2)
+        self._channel_sums = first.weight.detach().reshape(first.out_features, channels, -1).sum(dim=2)
         self._second = second.weight.detach()
         self._last = last.weight.detach()
 

@@ -59,13 +59,12 @@ class Registry:
                 self._loaded[name] = self._factories[name]()
             return self._loaded[name]
 
-    def import_code(self, names: Sequence[str]) -> None:
-        """Import the code of these networks (a second for torch, paid once), not their weights; ImportError
-        if one cannot be."""
-        for name in names:
-            module = self._modules.get(name)
-            if module is not None:
-                importlib.import_module(module)
+    def import_code(self, name: str) -> None:
+        """Import the code of network `name` (a second for torch, paid once), not its weights; ImportError if it
+        cannot be. A name without a module given does nothing."""
+        module = self._modules.get(name)
+        if module is not None:
+            importlib.import_module(module)
 
 
 # name -> (module, loader in it, the loader's arguments): the networks this build ships
