@@ -30,6 +30,7 @@ from pydicom import Dataset, dcmread
 
 from benchmarks.stats import quantile
 from scintnode.demo_cases import CASES, DemoStudy
+from scintnode.heap_reuse import keep_freed_memory_for_reuse
 from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.infer import run_network
 from scintnode.models.registry import Network, default_registry
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     avoid_numpy_huge_pages()  # as the node's process does
+    keep_freed_memory_for_reuse()
     registry = default_registry()
     resized = paper_size_networks() if args.paper_size else {}
     print(f"device: {device()}, torch {torch.__version__}; synthetic studies")

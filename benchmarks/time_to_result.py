@@ -36,7 +36,7 @@ from scintnode.models import ct_unet
 from scintnode.orthanc import OrthancServer
 from scintnode.phantoms.cli import add_ct_geometry_options, ct_geometry
 from scintnode.storescu import send_files
-from tests.harness import start_node_process
+from tests.harness import start_node_process, wait_for_log
 
 POLL_SECONDS = 0.02
 CaseMaker = Callable[[Path, int, int], list[DemoStudy]]  # writes (folder, per class, seed) a network's studies
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[CaseMaker, str]]) -> int:
     with OrthancServer(workdir / "pacs") as pacs:
         process, port = start_node_process(_node_config(workdir, pacs), workdir / "node.log")
+        wait_for_log(process, workdir / "node.log", "networks loaded: ")  # the pipeline thread loads them after start
         watcher = ResultWatcher(pacs)
         db = Database(f"sqlite:///{workdir / 'node' / 'index.db'}")
         try:

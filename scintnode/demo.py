@@ -18,6 +18,7 @@ from sqlalchemy import select
 from scintnode.config import Settings
 from scintnode.db import Job
 from scintnode.demo_cases import CASES, DemoStudy
+from scintnode.heap_reuse import keep_freed_memory_for_reuse
 from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.orthanc import OrthancServer, OrthancUnavailable
 from scintnode.serve_cli import configure_logging
@@ -93,6 +94,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         }
     )
     avoid_numpy_huge_pages()  # as `scintnode serve` does
+    keep_freed_memory_for_reuse()
     node = Node(settings)
     outcomes: list[StudyOutcome] = []
     try:

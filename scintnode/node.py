@@ -113,9 +113,7 @@ class Node:
             len(self.rule_set.rules),
             self.settings.rules_dir,
         )
-        if self.settings.preload_networks:
-            self._preload_networks()
-        else:
+        if not self.settings.preload_networks:  # with it, the pipeline thread loads them (`_work`)
             self._import_network_code()
         self.pipeline.recover()
         completion = self.settings.completion
@@ -160,6 +158,12 @@ class Node:
         log.info("stopped")
 
     def _work(self) -> None:
+        # Every torch computation of the node runs on this thread, loading the weights included. Each thread that
+        # runs one of torch's parallel regions keeps its own pool of OpenMP workers, and once two such pools exist,
+        # a forward pass here took 1.7 times as long on 2 cores (weights loaded on the main thread: thyroid
+        # 17 -> 30 ms; benchmarks/RESULTS.md).
+        if self.settings.preload_networks:
+            self._preload_networks()
         while not self._stopping.is_set():
             self._wake.wait(timeout=5.0)
             self._wake.clear()

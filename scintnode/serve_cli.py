@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from scintnode.config import ConfigError, load_settings
+from scintnode.heap_reuse import keep_freed_memory_for_reuse
 from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.route import RuleError
 
@@ -38,6 +39,8 @@ def main(argv: list[str]) -> int:
 
         if avoid_numpy_huge_pages():
             log.info("numpy's transparent huge pages are off in this process (NUMPY_MADVISE_HUGEPAGE=1 keeps them)")
+        if keep_freed_memory_for_reuse():
+            log.info("malloc keeps freed memory for the next job (MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES overrides)")
         node = Node(settings)
     except (ConfigError, RuleError) as exc:
         log.error("%s", exc)

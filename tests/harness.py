@@ -73,13 +73,21 @@ def start_node_process(config: Path, log: Path, timeout: float = 120) -> tuple[s
         process = subprocess.Popen(
             [sys.executable, "-m", "scintnode", "serve", "--config", str(config)], stdout=sink, stderr=subprocess.STDOUT
         )
+    match = wait_for_log(process, log, r"scintnode listening as \S+ on port (\d+)", timeout)
+    return process, int(match.group(1))
+
+
+def wait_for_log(process: subprocess.Popen[bytes], log: Path, pattern: str, timeout: float = 120) -> re.Match[str]:
+    """The first match of `pattern` in the node's log; AssertionError (the node killed) if the node exits or
+    `timeout` seconds pass first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        match = re.search(r"scintnode listening as \S+ on port (\d+)", log.read_text(errors="replace"))
+        match = re.search(pattern, log.read_text(errors="replace"))
         if match:
-            return process, int(match.group(1))
+            return match
         if process.poll() is not None:
-            raise AssertionError(f"the node exited at start:\n{log.read_text(errors='replace')[-3000:]}")
+            tail = log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the node exited before its log showed {pattern!r}:\n{tail}")
         time.sleep(0.05)
     process.kill()
-    raise AssertionError("the node did not start listening in time")
+    raise AssertionError(f"the node's log did not show {pattern!r} in time")

@@ -1,6 +1,7 @@
 """A node imports torch only for networks its rules use: one whose rules use none never does (180 MB of
 memory and a second at start it would not use); one whose rules use a network imports its code at start
-(not at its first job) and loads the weights at first use, unless `preload_networks` loads them at start."""
+(not at its first job) and loads the weights at first use, unless `preload_networks` loads them at start.
+Either way the weights load on the pipeline thread, the one thread that runs torch."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -34,7 +37,7 @@ START_AND_STOP_A_NODE = textwrap.dedent(
 )
 
 
-def _node_config(root: Path, rules: tuple[str, ...] = ()) -> Path:
+def _node_config(root: Path, rules: tuple[str, ...] = (), preload: bool = False) -> Path:
     """A node on a free port over `root`, with these files of the repository's rules."""
     (root / "rules").mkdir()
     for name in rules:
@@ -44,6 +47,7 @@ def _node_config(root: Path, rules: tuple[str, ...] = ()) -> Path:
         f"node: {{port: 0, bind_address: 127.0.0.1}}\nstorage: {{root: {root / 'spool'}}}\n"
         f"rules_dir: {root / 'rules'}\nhttp: {{enabled: false}}\n"
         "destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 104}}\n"
+        f"preload_networks: {str(preload).lower()}\n"
     )
     return config
 
@@ -84,6 +88,35 @@ def test_a_network_whose_code_cannot_be_imported_is_reported_and_the_node_runs(
         assert "network thyroid-resnet34's code could not be imported" in caplog.text
     finally:
         node.stop()
+
+
+def test_preloaded_weights_load_on_the_pipeline_thread_while_the_node_already_receives(tmp_path: Path) -> None:
+    """A second thread running torch would give it a second OpenMP pool, and a forward pass on the pipeline
+    thread took 1.7 times as long (scintnode/node.py, `_work`)."""
+    from scintnode.config import load_settings
+    from scintnode.models.registry import Network, Registry
+    from scintnode.node import Node
+
+    loaded_on: list[str] = []
+    loading, release = threading.Event(), threading.Event()
+
+    def load_slowly() -> Network:
+        loaded_on.append(threading.current_thread().name)
+        loading.set()
+        release.wait(30)
+        return cast(Network, object())  # never run: no study arrives
+
+    registry = Registry({"thyroid-resnet34": load_slowly})
+    node = Node(load_settings(_node_config(tmp_path, ("thyroid.yaml",), preload=True)), registry=registry)
+    node.start()
+    try:
+        assert loading.wait(30)
+        assert node.receiver.listening, "receiving does not wait for the weights"
+        release.set()
+    finally:
+        release.set()
+        node.stop()
+    assert loaded_on == ["scintnode-pipeline"]
 
 
 def test_the_ct_key_image_reads_its_slice_without_torch() -> None:
