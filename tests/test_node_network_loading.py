@@ -112,7 +112,6 @@ def test_preloaded_weights_load_on_the_pipeline_thread_while_the_node_already_re
     try:
         assert loading.wait(30)
         assert node.receiver.listening, "receiving does not wait for the weights"
-        release.set()
     finally:
         release.set()
         node.stop()
