@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import yaml
 from pydicom.uid import generate_uid
 
 from scintnode.phantoms import nm
@@ -75,6 +77,25 @@ def start_node_process(config: Path, log: Path, timeout: float = 120) -> tuple[s
         )
     match = wait_for_log(process, log, r"scintnode listening as \S+ on port (\d+)", timeout)
     return process, int(match.group(1))
+
+
+def serve_without_rules_log(root: Path) -> str:
+    """The log of `scintnode serve` started over `root` with no rules (the node only stores) and stopped with
+    SIGTERM, which it must answer with exit status 0."""
+    (root / "rules").mkdir()
+    config = root / "scintnode.yaml"
+    settings = {
+        "node": {"port": 0, "bind_address": "127.0.0.1"},
+        "storage": {"root": str(root / "node")},
+        "rules_dir": str(root / "rules"),
+        "http": {"enabled": False},
+    }
+    config.write_text(yaml.safe_dump(settings))
+    log = root / "node.log"
+    process, _port = start_node_process(config, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    return log.read_text()
 
 
 def wait_for_log(process: subprocess.Popen[bytes], log: Path, pattern: str, timeout: float = 120) -> re.Match[str]:

@@ -3,17 +3,15 @@ set glibc's own switches (scintnode/heap_reuse.py)."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from scintnode.heap_reuse import keep_freed_memory_for_reuse
-from tests.harness import start_node_process
+from tests.harness import serve_without_rules_log
 
 # A worker thread makes and frees a job's worth of arrays (1-20 MB, 42 MB in all) six times over and prints
 # the minor page faults of each round: each one is a fresh page the kernel had to hand over.
@@ -77,20 +75,4 @@ def test_the_operators_choice_stands(monkeypatch: pytest.MonkeyPatch, variable: 
 def test_scintnode_serve_sets_it_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
         monkeypatch.delenv(name, raising=False)
-    (tmp_path / "rules").mkdir()
-    config = tmp_path / "scintnode.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "node": {"port": 0, "bind_address": "127.0.0.1"},
-                "storage": {"root": str(tmp_path / "node")},
-                "rules_dir": str(tmp_path / "rules"),
-                "http": {"enabled": False},
-            }
-        )
-    )
-    log = tmp_path / "node.log"
-    process, _port = start_node_process(config, log)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    assert "malloc keeps freed memory for the next job" in log.read_text()
+    assert "malloc keeps freed memory for the next job" in serve_without_rules_log(tmp_path)

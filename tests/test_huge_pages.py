@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
-import yaml
 from numpy._core import multiarray
 
 from scintnode.huge_pages import avoid_numpy_huge_pages
-from tests.harness import start_node_process
+from tests.harness import serve_without_rules_log
 
 OFF_LINE = "numpy's transparent huge pages are off in this process"
 
@@ -41,17 +39,4 @@ def test_scintnode_serve_turns_them_off_and_says_so(
         monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
     else:
         monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", variable)
-    config = tmp_path / "scintnode.yaml"
-    (tmp_path / "rules").mkdir()  # no rules: the node only stores
-    settings = {
-        "node": {"port": 0, "bind_address": "127.0.0.1"},
-        "storage": {"root": str(tmp_path / "node")},
-        "rules_dir": str(tmp_path / "rules"),
-        "http": {"enabled": False},
-    }
-    config.write_text(yaml.safe_dump(settings))
-    log = tmp_path / "node.log"
-    process, _port = start_node_process(config, log)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    assert (OFF_LINE in log.read_text()) is (variable is None)
+    assert (OFF_LINE in serve_without_rules_log(tmp_path)) is (variable is None)
