@@ -36,6 +36,7 @@ from scintnode.models import ct_unet
 from scintnode.orthanc import OrthancServer
 from scintnode.phantoms.cli import add_ct_geometry_options, ct_geometry
 from scintnode.storescu import send_files
+from scintnode.write.sr_content import MANUFACTURER
 from tests.harness import start_node_process, wait_for_log
 
 POLL_SECONDS = 0.02
@@ -44,13 +45,15 @@ CaseMaker = Callable[[Path, int, int], list[DemoStudy]]  # writes (folder, per c
 
 class ResultWatcher:
     """Follows Orthanc's change log in a thread and notes when each study first holds a series of each
-    modality. One request per new series, not one per pending study per poll, so a burst of sixteen
-    pending studies is timed as finely as one."""
+    modality from each network (the model its Contributing Equipment names: a ParaNet episode's thyroid scan
+    also gets the thyroid network's results, in the same study). A few requests per new series, not one per
+    pending study per poll, so a burst of sixteen pending studies is timed as finely as one."""
 
     def __init__(self, pacs: OrthancServer) -> None:
         self._pacs = pacs
         self._since = int(pacs.get("/changes?last")["Last"])
-        self._first_seen: dict[str, dict[str, float]] = {}  # study UID -> modality -> monotonic time
+        # (study UID, network) -> modality -> monotonic time
+        self._first_seen: dict[tuple[str, str], dict[str, float]] = {}
         self._study_uids: dict[str, str] = {}  # Orthanc study id -> Study Instance UID
         self._changed = threading.Condition()
         self._error: BaseException | None = None
@@ -59,10 +62,11 @@ class ResultWatcher:
         self._thread.start()
 
     def wait(self, case: DemoStudy, deadline: float) -> float | None:
-        """When the last of the case's result series appeared (time.monotonic), or None at the deadline."""
+        """When the last of the case's network's result series appeared (time.monotonic), or None at the
+        deadline."""
         with self._changed:
             while True:
-                seen = self._first_seen.get(case.result_study_uid, {})
+                seen = self._first_seen.get((case.result_study_uid, case.network), {})
                 if case.result_modalities <= set(seen):
                     return max(seen[modality] for modality in case.result_modalities)
                 if self._error is not None:
@@ -100,8 +104,9 @@ class ResultWatcher:
         study_id = series["ParentStudy"]
         if study_id not in self._study_uids:
             self._study_uids[study_id] = self._pacs.get(f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"]
+        network = self._pacs.contributing_model(series["Instances"][0], MANUFACTURER)
         with self._changed:
-            modalities = self._first_seen.setdefault(self._study_uids[study_id], {})
+            modalities = self._first_seen.setdefault((self._study_uids[study_id], network), {})
             modalities.setdefault(series["MainDicomTags"].get("Modality", ""), now)
             self._changed.notify_all()
 

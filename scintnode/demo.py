@@ -23,6 +23,7 @@ from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.orthanc import OrthancServer, OrthancUnavailable
 from scintnode.serve_cli import configure_logging
 from scintnode.storescu import send_files
+from scintnode.write.sr_content import MANUFACTURER
 
 log = logging.getLogger("scintnode.demo")
 
@@ -39,10 +40,19 @@ class StudyOutcome:
 
 
 def wait_for_results(pacs: OrthancServer, case: DemoStudy, deadline: float) -> tuple[str, ...] | None:
-    """Poll the PACS until the study holds a series of every result modality the case expects."""
+    """Poll the PACS until the study holds a series of every result modality the case expects, made by the
+    case's network (a ParaNet episode's thyroid scan also gets the thyroid network's results, in that study)."""
+    models: dict[str, str] = {}  # Orthanc series id -> the network that made it
     while time.monotonic() < deadline:
         series = [s for s in pacs.series_of_study(case.result_study_uid) if s.instance_ids]
-        found = {s.modality: s.orthanc_id for s in series if s.modality in case.result_modalities}
+        for s in series:
+            if s.modality in case.result_modalities and s.orthanc_id not in models:
+                models[s.orthanc_id] = pacs.contributing_model(s.instance_ids[0], MANUFACTURER)
+        found = {
+            s.modality: s.orthanc_id
+            for s in series
+            if s.modality in case.result_modalities and models[s.orthanc_id] == case.network
+        }
         if set(found) == set(case.result_modalities):
             return tuple(f"{m} {found[m]}" for m in sorted(found))
         time.sleep(0.05)

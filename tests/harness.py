@@ -1,4 +1,5 @@
-"""What many tests need to drive a node as a site would: synthetic planar scans, polling, a node process."""
+"""What many tests need to drive a node as a site would: synthetic planar scans, polling, a node process,
+results posted to a PACS."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import yaml
-from pydicom.uid import generate_uid
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from scintnode.orthanc import OrthancServer
 from scintnode.phantoms import nm
 
 DAY0 = dt.datetime(2026, 3, 2, 9, 0)
@@ -112,3 +117,24 @@ def wait_for_log(process: subprocess.Popen[bytes], log: Path, pattern: str, time
         time.sleep(0.05)
     process.kill()
     raise AssertionError(f"the node's log did not show {pattern!r} in time")
+
+
+def upload_result(pacs: OrthancServer, study_uid: str, modality: str, sop_class: str, model: str = "") -> None:
+    """A bare result instance of `modality` in `study_uid`, posted to Orthanc's REST API. `model` names the
+    network in its last Contributing Equipment item, after a camera's, as scintnode's results do."""
+    ds = Dataset()
+    ds.PatientID, ds.PatientName = "TTR-WATCH", "Watcher^Test"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, generate_uid(), generate_uid()
+    ds.SOPClassUID, ds.Modality = sop_class, modality
+    if model:
+        camera, ours = Dataset(), Dataset()
+        camera.Manufacturer, camera.ManufacturerModelName = "Gamma camera maker", "camera-model"
+        ours.Manufacturer, ours.ManufacturerModelName = "scintnode", model
+        ds.ContributingEquipmentSequence = [camera, ours]
+    ds.file_meta = Dataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    request = urllib.request.Request(f"{pacs.url}/instances", data=buffer.getvalue(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200

@@ -1,58 +1,40 @@
-"""The time-to-result benchmark's clock: the watcher stops a study's clock only when the last of its result
-series is in the PACS (real Orthanc), and a burst gets different studies, not one study sent twice."""
+"""The time-to-result benchmark's clock: the watcher stops a study's clock only when the last of its network's
+result series is in the PACS (real Orthanc), and a burst gets different studies, not one study sent twice."""
 
 from __future__ import annotations
 
 import tempfile
 import time
-import urllib.request
-from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset
-from pydicom.uid import (
-    Comprehensive3DSRStorage,
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 
 from benchmarks import time_to_result
 from benchmarks.time_to_result import ResultWatcher, distinct_cases
 from scintnode.demo_cases import DemoStudy
 from scintnode.orthanc import OrthancServer
+from tests.harness import upload_result
 
 pytestmark = pytest.mark.e2e
 
 
-def _upload(pacs: OrthancServer, study_uid: str, modality: str, sop_class: str) -> None:
-    ds = Dataset()
-    ds.PatientID, ds.PatientName = "TTR-WATCH", "Watcher^Test"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, generate_uid(), generate_uid()
-    ds.SOPClassUID, ds.Modality = sop_class, modality
-    ds.file_meta = Dataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    request = urllib.request.Request(f"{pacs.url}/instances", data=buffer.getvalue(), method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-
-
-def test_a_study_is_timed_when_the_last_of_its_result_series_arrives(tmp_path: Path) -> None:
+def test_a_study_is_timed_when_the_last_of_its_networks_result_series_arrives(tmp_path: Path) -> None:
+    thyroid = "thyroid-resnet34"
     with OrthancServer(tmp_path / "pacs") as pacs:
-        _upload(pacs, generate_uid(), "SR", Comprehensive3DSRStorage)  # before the watcher: not this run's
+        upload_result(pacs, generate_uid(), "SR", Comprehensive3DSRStorage, thyroid)  # before the watcher
         watcher = ResultWatcher(pacs)
         try:
             study = generate_uid()
-            case = DemoStudy("thyroid-resnet34", (), study, "normal", frozenset({"SR", "OT"}))
+            case = DemoStudy(thyroid, (), study, "normal", frozenset({"SR", "OT"}))
             assert watcher.wait(case, time.monotonic() + 0.3) is None
-            _upload(pacs, study, "SR", Comprehensive3DSRStorage)
-            _upload(pacs, generate_uid(), "OT", SecondaryCaptureImageStorage)  # another study's SC does not count
+            upload_result(pacs, study, "SR", Comprehensive3DSRStorage, thyroid)
+            upload_result(pacs, generate_uid(), "OT", SecondaryCaptureImageStorage, thyroid)  # another study's SC
+            upload_result(pacs, study, "OT", SecondaryCaptureImageStorage, "paranet-small")  # another network's
+            upload_result(pacs, study, "OT", SecondaryCaptureImageStorage)  # names no network
             assert watcher.wait(case, time.monotonic() + 0.5) is None
             before_sc = time.monotonic()
-            _upload(pacs, study, "OT", SecondaryCaptureImageStorage)
+            upload_result(pacs, study, "OT", SecondaryCaptureImageStorage, thyroid)
             stored = watcher.wait(case, time.monotonic() + 10)
             assert stored is not None and stored >= before_sc
         finally:

@@ -4,11 +4,16 @@ node, results found in a real Orthanc, a report printed, and its temporary folde
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 
 from scintnode import demo
+from scintnode.demo_cases import DemoStudy
+from scintnode.orthanc import OrthancServer
+from tests.harness import upload_result
 
 pytestmark = pytest.mark.e2e
 
@@ -29,3 +34,19 @@ def test_a_workdir_given_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert demo.main(["--network", "thyroid-resnet34", "--per-class", "1", "--workdir", str(workdir)]) == 0
     assert (workdir / "node" / "index.db").exists() and any((workdir / "studies").rglob("*.dcm"))
     assert "(kept)" in capsys.readouterr().out
+
+
+def test_a_study_counts_only_its_own_networks_results(tmp_path: Path) -> None:
+    """A ParaNet episode's results go into the thyroid scan's study, which the thyroid network's results also
+    reach: those must not stand in for ParaNet's."""
+    study = generate_uid()
+    case = DemoStudy("paranet-small", (), study, "abnormal")
+    with OrthancServer(tmp_path / "pacs") as pacs:
+        upload_result(pacs, study, "SR", Comprehensive3DSRStorage, "thyroid-resnet34")
+        upload_result(pacs, study, "OT", SecondaryCaptureImageStorage, "thyroid-resnet34")
+        assert demo.wait_for_results(pacs, case, time.monotonic() + 0.5) is None
+        upload_result(pacs, study, "SR", Comprehensive3DSRStorage, "paranet-small")
+        upload_result(pacs, study, "OT", SecondaryCaptureImageStorage, "paranet-small")
+        found = demo.wait_for_results(pacs, case, time.monotonic() + 10)
+    assert found is not None
+    assert sorted(entry.split()[0] for entry in found) == ["OT", "SR"]
