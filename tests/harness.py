@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from scintnode.orthanc import OrthancServer
 from scintnode.phantoms import nm
+from scintnode.write.sr_content import MANUFACTURER
 
 DAY0 = dt.datetime(2026, 3, 2, 9, 0)
 
@@ -121,16 +122,18 @@ def wait_for_log(process: subprocess.Popen[bytes], log: Path, pattern: str, time
 
 def upload_result(pacs: OrthancServer, study_uid: str, modality: str, sop_class: str, model: str = "") -> None:
     """A bare result instance of `modality` in `study_uid`, posted to Orthanc's REST API. `model` names the
-    network in its last Contributing Equipment item, after a camera's, as scintnode's results do."""
+    network in scintnode's Contributing Equipment item, between a camera's and highdicom's, as in the
+    node's results."""
     ds = Dataset()
     ds.PatientID, ds.PatientName = "TTR-WATCH", "Watcher^Test"
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, generate_uid(), generate_uid()
     ds.SOPClassUID, ds.Modality = sop_class, modality
     if model:
-        camera, ours = Dataset(), Dataset()
+        camera, ours, library = Dataset(), Dataset(), Dataset()
         camera.Manufacturer, camera.ManufacturerModelName = "Gamma camera maker", "camera-model"
-        ours.Manufacturer, ours.ManufacturerModelName = "scintnode", model
-        ds.ContributingEquipmentSequence = [camera, ours]
+        ours.Manufacturer, ours.ManufacturerModelName = MANUFACTURER, model
+        library.Manufacturer, library.ManufacturerModelName = "Highdicom open-source contributors", "highdicom"
+        ds.ContributingEquipmentSequence = [camera, ours, library]
     ds.file_meta = Dataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = BytesIO()
