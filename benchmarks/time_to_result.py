@@ -11,7 +11,13 @@ Prints median, 95th percentile and maximum per network and sender count, with th
 spent outside the network's forward pass (decode, preprocessing, Grad-CAM, writing DICOM; from the node's own
 job records), and the node's memory.
 
+The peer, in the same run: Orthanc as the router many sites build (a Lua or Python callback on its
+StableStudy event hands the study to the AI). The same studies are sent to a second Orthanc with its
+default StableAge of 60 s, and the clock runs from each study's last instance sent to that event, when such
+a router would only start to hand the study on: a lower bound on its time to result, before any network runs.
+
     .venv/bin/python -m benchmarks.time_to_result [--senders 1 4 16] [--studies 12] [--network dscint ...]
+        [--peer-studies 2] [--peer-stable-age 60]
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from scintnode.write.sr_content import MANUFACTURER
 from tests.harness import start_node_process, wait_for_log
 
 POLL_SECONDS = 0.02
+ORTHANC_STABLE_AGE = 60  # Orthanc's default StableAge: a study is stable after 60 s without a new instance
 CaseMaker = Callable[[Path, int, int], list[DemoStudy]]  # writes (folder, per class, seed) a network's studies
 
 
@@ -202,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     add_ct_geometry_options(parser, prefix="ct-")
     parser.add_argument("--seed", type=int, default=99)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one study's results")
+    parser.add_argument(
+        "--peer-studies", type=int, default=2, help="studies per network sent to the peer router (0: no peer)"
+    )
+    parser.add_argument(
+        "--peer-stable-age", type=int, default=ORTHANC_STABLE_AGE, help="the peer's StableAge in seconds"
+    )
     args = parser.parse_args(argv)
     try:
         variants = _ct_at_geometry(args.ct_shape, args.ct_spacing)
@@ -225,6 +238,7 @@ def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[
                 "| network median ms | share outside the network |"
             )
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            quietest: dict[str, tuple[list[DemoStudy], float]] = {}  # network -> studies, median, fewest senders
             for network in args.network or sorted(CASES):
                 for senders in args.senders:
                     bursts = math.ceil(args.studies / senders)
@@ -241,6 +255,8 @@ def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[
                     total = statistics.median(t for _, t in timed) if timed else math.nan
                     inside = statistics.median(i for i, _ in timed) if timed else math.nan
                     outside = statistics.median(1 - i / t for i, t in timed) if timed else math.nan
+                    if senders == min(args.senders):
+                        quietest[network] = (cases, statistics.median(seconds))
                     print(
                         f"| {label} | {senders} | {len(seconds)} | "
                         f"{statistics.median(seconds):.2f} | {quantile(seconds, 0.95):.2f} | {max(seconds):.2f} | "
@@ -253,7 +269,56 @@ def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[
             db.dispose()
             process.terminate()
             process.wait(timeout=60)
+    if args.peer_studies > 0:
+        print_peer_rows(quietest, args.peer_studies, args.peer_stable_age, min(args.senders), workdir / "peer")
     return 0
+
+
+def print_peer_rows(
+    quietest: dict[str, tuple[list[DemoStudy], float]], studies: int, stable_age: int, senders: int, workdir: Path
+) -> None:
+    """The peer router's rows: each network's first `studies` studies sent to an Orthanc with `stable_age`."""
+    sent = {network: cases[:studies] for network, (cases, _) in quietest.items()}
+    seconds, version = peer_stable_seconds([case for cases in sent.values() for case in cases], stable_age, workdir)
+    print(
+        f"Peer, same run: Orthanc {version} as a router, which hands a study on at its StableStudy "
+        f"event (StableAge {stable_age} s), before any network runs"
+    )
+    print(f"| studies of | studies | to StableStudy median s | max s | x scintnode's median, {senders} sender(s) |")
+    print("|---|---:|---:|---:|---:|")
+    for network, cases in sent.items():
+        times = [seconds[case.result_study_uid] for case in cases]
+        ratio = statistics.median(times) / quietest[network][1]
+        print(f"| {network} | {len(times)} | {statistics.median(times):.2f} | {max(times):.2f} | {ratio:.1f} |")
+
+
+def peer_stable_seconds(cases: Sequence[DemoStudy], stable_age: int, workdir: Path) -> tuple[dict[str, float], str]:
+    """Seconds from each case's last instance sent to a fresh Orthanc (StableAge `stable_age`) until Orthanc
+    reports its result study stable, by Study Instance UID, and Orthanc's version. The cases are sent one
+    after another."""
+    with OrthancServer(workdir, ae_title="ROUTER", stable_age_seconds=stable_age) as peer:
+        version = str(peer.get("/system")["Version"])
+        since = int(peer.get("/changes?last")["Last"])
+        sent: dict[str, float] = {}
+        for case in cases:
+            for files in case.associations:
+                send_files(list(files), "127.0.0.1", peer.dicom_port, peer.ae_title)
+            sent[case.result_study_uid] = time.monotonic()
+        stable: dict[str, float] = {}
+        deadline = time.monotonic() + 3 * stable_age + 60
+        while not sent.keys() <= stable.keys():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the peer reported {len(stable)} of {len(sent)} studies stable in time")
+            page = peer.get(f"/changes?since={since}&limit=1000")
+            now = time.monotonic()
+            for change in page["Changes"]:
+                if change["ChangeType"] == "StableStudy":
+                    study_uid = peer.get(f"/studies/{change['ID']}")["MainDicomTags"]["StudyInstanceUID"]
+                    stable.setdefault(study_uid, now)
+            since = int(page["Last"])
+            if page["Done"]:
+                time.sleep(POLL_SECONDS)
+    return {uid: stable[uid] - at for uid, at in sent.items()}, version
 
 
 def _ct_at_geometry(shape: Sequence[int] | None, spacing: Sequence[float] | None) -> dict[str, tuple[CaseMaker, str]]:

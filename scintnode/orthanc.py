@@ -51,9 +51,12 @@ class SeriesInPacs:
 class OrthancServer:
     """An Orthanc process with its own storage under `workdir`; use as a context manager."""
 
-    def __init__(self, workdir: Path, ae_title: str = "ORTHANC") -> None:
+    def __init__(self, workdir: Path, ae_title: str = "ORTHANC", stable_age_seconds: int | None = None) -> None:
+        """`stable_age_seconds`: Orthanc's StableAge, the quiet period after which it calls a study stable
+        (None: Orthanc's default, 60 s)."""
         self.workdir = workdir
         self.ae_title = ae_title
+        self.stable_age_seconds = stable_age_seconds
         self.dicom_port = free_port()
         self.http_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
@@ -79,6 +82,8 @@ class OrthancServer:
             "StorageCompression": False,
             "Plugins": [],
         }
+        if self.stable_age_seconds is not None:
+            config["StableAge"] = self.stable_age_seconds
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log_path = self.workdir / "orthanc.log"

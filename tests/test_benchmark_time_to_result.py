@@ -51,11 +51,17 @@ def test_a_burst_gets_as_many_different_studies_as_it_asks_for(tmp_path: Path) -
 def test_a_whole_run_prints_its_row_and_leaves_no_files_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One thyroid study through a real node and Orthanc; its working folder (1.5 GB at full size) goes."""
+    """One thyroid study through a real node and Orthanc, and through the peer router (an Orthanc whose
+    StableAge is 1 s here); its working folder (1.5 GB at full size) goes."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert time_to_result.main(["--network", "thyroid-resnet34", "--studies", "1", "--timeout", "120"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| thyroid-resnet34 | 1 | 1 |")]
-    assert len(rows) == 1
+    argv = ["--network", "thyroid-resnet34", "--studies", "1", "--timeout", "120", "--peer-stable-age", "1"]
+    assert time_to_result.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if line.startswith("| thyroid-resnet34 | 1 | 1 |")]) == 1
+    (peer,) = [line.split("|") for line in out if line.startswith("| thyroid-resnet34 | 1 |") and line.count("|") == 6]
+    stable_median, scintnode_times = float(peer[3]), float(peer[5])
+    assert 1.0 <= stable_median < 10.0, "the peer's clock stops at its StableStudy event, after its 1 s StableAge"
+    assert scintnode_times > 0
     assert list(tmp_path.iterdir()) == []
 
 
