@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import scintnode
 from scintnode.finding import Finding
 from scintnode.write.seg import SEG_SERIES_NUMBER, _volume_with_regions, segment_descriptions, source_slices
-from scintnode.write.sr import MANUFACTURER, series_description
+from scintnode.write.sr import MANUFACTURER, contributing_equipment, series_description
 
 
 def build_segmentation(
@@ -47,4 +47,5 @@ def build_segmentation(
         omit_empty_frames=True,
         series_description=series_description("AI segmentation", model),
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[contributing_equipment(model)],
     )

@@ -33,6 +33,7 @@ from scintnode.phantoms.nm import Patient, StudyInfo
 from scintnode.write.part10 import encode_file
 from scintnode.write.seg import build_segmentation, segment_descriptions
 from scintnode.write.seg_document import BinarySegmentation
+from scintnode.write.sr import contributing_equipment
 from tests import seg_reference
 from tests.dicom_validation import assert_dciodvfy_clean
 
@@ -179,6 +180,10 @@ def test_the_demo_cts_segmentation_equals_highdicoms(demo: tuple[Finding, list[D
     assert finding.volume is not None and len(finding.volume.regions) >= 2
     seg = assert_same_as_highdicoms(finding, sources)
     assert int(seg.NumberOfFrames) == int(np.count_nonzero(finding.volume.voxels_per_slice[:, 1:]))
+    # the network is named in Contributing Equipment, as in the SR and the SC (IHE AIR), between camera and library
+    _camera, ours, library = seg.ContributingEquipmentSequence
+    assert ours == contributing_equipment(finding.model)
+    assert library.ManufacturerModelName == "highdicom"
 
 
 _CASES: dict[str, Callable[[], tuple[np.ndarray, list[Dataset]]]] = {

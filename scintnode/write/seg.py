@@ -22,7 +22,7 @@ from scintnode.finding import Finding, Hotspot, VolumeMask
 from scintnode.models.ct_slices import slice_hounsfield
 from scintnode.write.sc import build_heatmap_sc
 from scintnode.write.seg_document import BinarySegmentation
-from scintnode.write.sr import MANUFACTURER, series_description
+from scintnode.write.sr import MANUFACTURER, contributing_equipment, series_description
 
 SEG_SERIES_NUMBER = 9003
 # Display colours in CIELab (OHIF converts them), one per segment in turn: yellow, cyan, magenta, orange.
@@ -55,6 +55,7 @@ def build_segmentation(
         software_versions=[f"scintnode {scintnode.__version__}", f"{model.name} {model.version}"],
         device_serial_number="none",
         series_description=series_description("AI segmentation", model),
+        contributing_equipment=[contributing_equipment(model)],
     )
 
 

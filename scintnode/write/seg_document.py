@@ -73,6 +73,7 @@ class BinarySegmentation(hd.SOPClass):  # type: ignore[misc]  # highdicom is not
         software_versions: str | Sequence[str],
         device_serial_number: str,
         series_description: str,
+        contributing_equipment: Sequence[hd.ContributingEquipment] = (),
     ) -> None:
         numbers = _check_inputs(source_images, labels, voxels_per_slice, segment_descriptions)
         first = source_images[0]
@@ -93,7 +94,7 @@ class BinarySegmentation(hd.SOPClass):  # type: ignore[misc]  # highdicom is not
         )
         self.copy_specimen_information(first)
         self.copy_patient_and_study_information(first)
-        self._add_contributing_equipment(acquisition_first(first, ()))
+        self._add_contributing_equipment(acquisition_first(first, contributing_equipment))
 
         self.SegmentationType = "BINARY"
         self.ContentLabel = f"{first.Modality}_SEG"
