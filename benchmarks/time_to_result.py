@@ -238,7 +238,8 @@ def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[
                 "| network median ms | share outside the network |"
             )
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-            quietest: dict[str, tuple[list[DemoStudy], float]] = {}  # network -> studies, median, fewest senders
+            # row label -> its studies and their median time to result, with the fewest senders
+            quietest: dict[str, tuple[list[DemoStudy], float]] = {}
             for network in args.network or sorted(CASES):
                 for senders in args.senders:
                     bursts = math.ceil(args.studies / senders)
@@ -256,7 +257,7 @@ def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[
                     inside = statistics.median(i for i, _ in timed) if timed else math.nan
                     outside = statistics.median(1 - i / t for i, t in timed) if timed else math.nan
                     if senders == min(args.senders):
-                        quietest[network] = (cases, statistics.median(seconds))
+                        quietest[label] = (cases, statistics.median(seconds))
                     print(
                         f"| {label} | {senders} | {len(seconds)} | "
                         f"{statistics.median(seconds):.2f} | {quantile(seconds, 0.95):.2f} | {max(seconds):.2f} | "
@@ -277,8 +278,8 @@ def _measure(args: argparse.Namespace, workdir: Path, variants: dict[str, tuple[
 def print_peer_rows(
     quietest: dict[str, tuple[list[DemoStudy], float]], studies: int, stable_age: int, senders: int, workdir: Path
 ) -> None:
-    """The peer router's rows: each network's first `studies` studies sent to an Orthanc with `stable_age`."""
-    sent = {network: cases[:studies] for network, (cases, _) in quietest.items()}
+    """The peer router's rows: each row's first `studies` studies sent to an Orthanc with `stable_age`."""
+    sent = {label: cases[:studies] for label, (cases, _) in quietest.items()}
     seconds, version = peer_stable_seconds([case for cases in sent.values() for case in cases], stable_age, workdir)
     print(
         f"Peer, same run: Orthanc {version} as a router, which hands a study on at its StableStudy "
@@ -286,10 +287,10 @@ def print_peer_rows(
     )
     print(f"| studies of | studies | to StableStudy median s | max s | x scintnode's median, {senders} sender(s) |")
     print("|---|---:|---:|---:|---:|")
-    for network, cases in sent.items():
+    for label, cases in sent.items():
         times = [seconds[case.result_study_uid] for case in cases]
-        ratio = statistics.median(times) / quietest[network][1]
-        print(f"| {network} | {len(times)} | {statistics.median(times):.2f} | {max(times):.2f} | {ratio:.1f} |")
+        ratio = statistics.median(times) / quietest[label][1]
+        print(f"| {label} | {len(times)} | {statistics.median(times):.2f} | {max(times):.2f} | {ratio:.1f} |")
 
 
 def peer_stable_seconds(cases: Sequence[DemoStudy], stable_age: int, workdir: Path) -> tuple[dict[str, float], str]:
