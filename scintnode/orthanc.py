@@ -140,18 +140,21 @@ class OrthancServer:
         A result names the algorithm that made it there (IHE AIR), beside the camera's and highdicom's items,
         so results of two networks in one study can be told apart."""
         items = f"/instances/{instance_id}/content/0018-a001"
-        try:
-            for index in range(len(self.get(items))):
-                if self._text(f"{items}/{index}/0008-0070") == manufacturer:
-                    return self._text(f"{items}/{index}/0008-1090")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:  # 404: no such sequence, or an item without that attribute
-                raise
+        listing = self._text(items)  # the items' indices, as JSON
+        for index in range(len(json.loads(listing)) if listing is not None else 0):
+            if self._text(f"{items}/{index}/0008-0070") == manufacturer:
+                return self._text(f"{items}/{index}/0008-1090") or ""
         return ""
 
-    def _text(self, path: str) -> str:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return bytes(response.read()).decode("ascii", "replace").strip(" \0")
+    def _text(self, path: str) -> str | None:
+        """The content at `path`, without DICOM padding; None where Orthanc has none (404)."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                return bytes(response.read()).decode("ascii", "replace").strip(" \0")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
 
     def instance_file(self, orthanc_id: str) -> bytes:
         with urllib.request.urlopen(f"{self.url}/instances/{orthanc_id}/file", timeout=10) as response:

@@ -4,6 +4,7 @@ results posted to a PACS."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import signal
 import subprocess
@@ -120,17 +121,21 @@ def wait_for_log(process: subprocess.Popen[bytes], log: Path, pattern: str, time
     raise AssertionError(f"the node's log did not show {pattern!r} in time")
 
 
-def upload_result(pacs: OrthancServer, study_uid: str, modality: str, sop_class: str, model: str = "") -> None:
-    """A bare result instance of `modality` in `study_uid`, posted to Orthanc's REST API. `model` names the
-    network in scintnode's Contributing Equipment item, between a camera's and highdicom's, as in the
-    node's results."""
+def upload_result(
+    pacs: OrthancServer, study_uid: str, modality: str, sop_class: str, model: str = "", camera_maker: str = "Maker"
+) -> str:
+    """A bare result instance of `modality` in `study_uid`, posted to Orthanc's REST API; its Orthanc id.
+    `model` names the network in scintnode's Contributing Equipment item, between a camera's (from
+    `camera_maker`; "" leaves the camera's Manufacturer out) and highdicom's, as in the node's results."""
     ds = Dataset()
     ds.PatientID, ds.PatientName = "TTR-WATCH", "Watcher^Test"
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, generate_uid(), generate_uid()
     ds.SOPClassUID, ds.Modality = sop_class, modality
     if model:
         camera, ours, library = Dataset(), Dataset(), Dataset()
-        camera.Manufacturer, camera.ManufacturerModelName = "Gamma camera maker", "camera-model"
+        camera.ManufacturerModelName = "camera-model"
+        if camera_maker:
+            camera.Manufacturer = camera_maker
         ours.Manufacturer, ours.ManufacturerModelName = MANUFACTURER, model
         library.Manufacturer, library.ManufacturerModelName = "Highdicom open-source contributors", "highdicom"
         ds.ContributingEquipmentSequence = [camera, ours, library]
@@ -141,3 +146,4 @@ def upload_result(pacs: OrthancServer, study_uid: str, modality: str, sop_class:
     request = urllib.request.Request(f"{pacs.url}/instances", data=buffer.getvalue(), method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+        return str(json.loads(response.read())["ID"])
