@@ -25,7 +25,9 @@ def test_the_demo_reports_every_study_and_leaves_no_files_behind(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert demo.main(["--per-class", "1"]) == 0  # every network, as the quick start runs it
     out = capsys.readouterr().out
-    found, sent = map(int, re.search(r"(\d+)/(\d+) studies have their results in the PACS", out).groups())
+    tally = re.search(r"(\d+)/(\d+) studies have their results in the PACS", out)
+    assert tally is not None, out[-2000:]
+    found, sent = map(int, tally.groups())
     assert found == sent >= len(CASES)
     assert all(f"  {network} " in out for network in CASES), "each network's studies are reported"
     assert "SYNTHETIC" in out and "not clinical" in out
