@@ -18,6 +18,7 @@ from typing import Any, cast
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.engine import CursorResult
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 from scintnode.config import Destination, DispatchSettings
 from scintnode.db import Database, Delivery, Output, utcnow
 from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from scintnode.requestor import associate
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +378,8 @@ class Dispatcher:
         ae.dimse_timeout = timeout
         ae.network_timeout = timeout
         connected: list[bool] = []
-        assoc = ae.associate(
+        assoc, rejection = associate(
+            ae,
             destination.host,
             destination.port,
             contexts=[build_context(sop_class, [syntax]) for sop_class, syntax in contexts],
@@ -385,7 +388,7 @@ class Dispatcher:
         )
         where = f"{name} ({destination.ae_title}@{destination.host}:{destination.port})"
         if not assoc.is_established:
-            outcome = self._association_failure(assoc, destination, bool(connected), where)
+            outcome = self._association_failure(assoc, rejection, destination, bool(connected), where)
             for item in items:
                 record(item, outcome)
             return []
@@ -407,10 +410,9 @@ class Dispatcher:
         return untried
 
     def _association_failure(
-        self, assoc: Association, destination: Destination, connected: bool, where: str
+        self, assoc: Association, rsp: A_ASSOCIATE | None, destination: Destination, connected: bool, where: str
     ) -> _Outcome:
-        if assoc.is_rejected:
-            rsp = assoc.acceptor.primitive
+        if rsp is not None:
             name = rejection_condition(int(rsp.result), int(rsp.result_source), int(rsp.diagnostic))
             return _condition(
                 name,

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pynetdicom import AE
 
+from scintnode.requestor import associate
+
 
 class SendFailed(RuntimeError):
     pass
@@ -45,7 +47,9 @@ def send_files(
     ae = AE(ae_title=calling_ae)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class)
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc, rejection = associate(ae, host, port, ae_title=called_ae)
+    if rejection is not None:
+        raise SendFailed(f"{called_ae}@{host}:{port} rejected the association: {rejection.reason_str}")
     if not assoc.is_established:
         raise SendFailed(f"association to {called_ae}@{host}:{port} not established")
     try:

@@ -189,8 +189,7 @@ class _Connection:
                 with contextlib.suppress(OSError):
                     self.sock.sendall(_abort(0x00))
         finally:
-            if self._counted:
-                self.server.association_ended()
+            self._give_back_place()
             if self.association is not None:
                 self.server.service.ended(self.association, released)
 
@@ -275,6 +274,7 @@ class _Connection:
                 assert self.association is not None
                 self.server.service.release_requested(self.association)
                 self._send(_pdu(A_RELEASE_RP_TYPE, b"\x00" * 4))
+                self._give_back_place()  # a sender that re-associates at once must not meet its own old place
                 self._linger()
                 return True
             elif pdu_type == A_ABORT_TYPE:
@@ -282,6 +282,11 @@ class _Connection:
                 return False
             else:
                 raise ProtocolError(ABORT_UNEXPECTED_PDU, f"PDU type 0x{pdu_type:02X} during the association")
+
+    def _give_back_place(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server.association_ended()
 
     def _linger(self) -> None:
         """The requestor closes the connection once it has the A-RELEASE-RP; closing first could cut it off."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom.transport import AssociationSocket
 
 from scintnode.config import StorageSettings
 from scintnode.phantoms import nm
@@ -35,6 +38,28 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "(storage.min_free_bytes), and the suite writes about 450 MB. Free some space and run again.",
             returncode=1,
         )
+
+
+class _LateWake(threading.Event):
+    """An event whose waiter resumes 0.3 s late, as a loaded machine's scheduler may leave a thread."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        ready = super().wait(timeout)
+        time.sleep(0.3)
+        return ready
+
+
+@pytest.fixture
+def late_requestor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom requestors in this test see their connection up 0.3 s after it is: a peer that answers at once
+    and closes has closed by then. This is the race that made `is_rejected` False in CI."""
+    original = AssociationSocket.__init__
+
+    def late(self: AssociationSocket, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        self._ready = _LateWake()
+
+    monkeypatch.setattr(AssociationSocket, "__init__", late)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
-A_ASSOCIATE_AC, P_DATA_TF, A_ABORT = 0x02, 0x04, 0x07
+A_ASSOCIATE_AC, P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x02, 0x04, 0x05, 0x06, 0x07
 COMMAND_LAST, DATA_SET_MORE, DATA_SET_LAST = 0x03, 0x00, 0x02
 
 

@@ -27,6 +27,7 @@ from scintnode.db import Database, Instance
 from scintnode.phantoms import nm
 from scintnode.receive import Receiver
 from scintnode.receive_header import DATASET_MISMATCH
+from scintnode.requestor import associate
 from scintnode.route import RuleError, load_rule_set
 from scintnode.security import CallerPolicy
 from scintnode.spool import Spool
@@ -70,8 +71,8 @@ def store(port: int, path: Path, calling: str, tls: tuple[ssl.SSLContext, str] |
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.network_timeout = 10
     ae.add_requested_context(NM_STORAGE)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SCINTNODE", tls_args=tls)
-    if assoc.is_rejected:
+    assoc, rejection = associate(ae, "127.0.0.1", port, ae_title="SCINTNODE", tls_args=tls)
+    if rejection is not None:
         return "rejected"
     if not assoc.is_established:
         return "no association"

@@ -443,6 +443,17 @@ def test_called_ae_title_rejected_is_dead(node: Node, pacs_factory: Any) -> None
     assert pacs.received == []
 
 
+@pytest.mark.usefixtures("late_requestor")
+def test_a_rejection_is_told_from_an_abort_when_the_sender_wakes_late(node: Node, pacs_factory: Any) -> None:
+    pacs = pacs_factory()
+    dispatcher = node.dispatcher({"pacs": pacs.destination(ae_title="NOT-THE-PACS")})
+    output = node.output(dispatcher, ["pacs"])
+    assert dispatcher.deliver_due() == 1
+    delivery = node.delivery(output)
+    assert (delivery.state, delivery.last_status) == ("dead", "association-rejected")
+    assert "Called AE title not recognised" in delivery.last_error
+
+
 def test_busy_pacs_rejecting_transiently_is_retried(node: Node, pacs_factory: Any) -> None:
     pacs = pacs_factory(maximum_associations=1)
     holder = AE(ae_title="OTHER")

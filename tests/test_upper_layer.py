@@ -24,6 +24,7 @@ from scintnode.config import NodeSettings
 from scintnode.db import Database, Instance
 from scintnode.receive import Receiver
 from scintnode.receive_header import DATASET_MISMATCH
+from scintnode.requestor import associate
 from scintnode.spool import Spool
 from scintnode.upper_layer import TOLERATED_PDU
 from tests import raw_dicom
@@ -130,14 +131,28 @@ def test_associations_beyond_the_limit_are_rejected_as_transient(make_receiver: 
     receiver = make_receiver(max_associations=1)
     first = _requestor().associate("127.0.0.1", receiver.port, ae_title="SCINTNODE")
     assert first.is_established
-    second = _requestor().associate("127.0.0.1", receiver.port, ae_title="SCINTNODE")
-    assert second.is_rejected
-    rejection = second.acceptor.primitive
+    second, rejection = associate(_requestor(), "127.0.0.1", receiver.port, ae_title="SCINTNODE")
+    assert not second.is_established
+    assert rejection is not None
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x02, 0x03, 0x02)
     first.release()
     third = _requestor().associate("127.0.0.1", receiver.port, ae_title="SCINTNODE")
     assert third.is_established  # the place was given back at release
     third.release()
+
+
+def test_a_released_association_gives_its_place_back_before_the_requestor_closes(
+    make_receiver: ReceiverFactory,
+) -> None:
+    receiver = make_receiver(max_associations=1)
+    with raw_dicom.associate(receiver.port, Verification) as sock:
+        sock.sendall(raw_dicom.pdu(raw_dicom.A_RELEASE_RQ, b"\x00" * 4))
+        assert raw_dicom.read_pdu(sock)[0] == raw_dicom.A_RELEASE_RP
+        # the connection stays open, as it may for a moment on a sender that re-associates at once
+        second, rejection = associate(_requestor(), "127.0.0.1", receiver.port, ae_title="SCINTNODE")
+        assert rejection is None
+        assert second.is_established
+        second.release()
 
 
 def test_an_idle_association_is_aborted_after_the_network_timeout(make_receiver: ReceiverFactory) -> None:
