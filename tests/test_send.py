@@ -432,7 +432,12 @@ def test_refused_connection_backs_off_with_a_cap(node: Node) -> None:
     assert "refused" in node.delivery(output).last_error
 
 
-def test_called_ae_title_rejected_is_dead(node: Node, pacs_factory: Any) -> None:
+@pytest.mark.parametrize("late", [False, True], ids=["sender-on-time", "sender-wakes-after-the-pacs-closed"])
+def test_called_ae_title_rejected_is_dead(
+    node: Node, pacs_factory: Any, late: bool, request: pytest.FixtureRequest
+) -> None:
+    if late:
+        request.getfixturevalue("late_requestor")  # told from an abort even so
     pacs = pacs_factory()
     dispatcher = node.dispatcher({"pacs": pacs.destination(ae_title="NOT-THE-PACS")})
     output = node.output(dispatcher, ["pacs"])
@@ -441,17 +446,6 @@ def test_called_ae_title_rejected_is_dead(node: Node, pacs_factory: Any) -> None
     assert (delivery.state, delivery.last_status) == ("dead", "association-rejected")
     assert "Called AE title not recognised" in delivery.last_error
     assert pacs.received == []
-
-
-@pytest.mark.usefixtures("late_requestor")
-def test_a_rejection_is_told_from_an_abort_when_the_sender_wakes_late(node: Node, pacs_factory: Any) -> None:
-    pacs = pacs_factory()
-    dispatcher = node.dispatcher({"pacs": pacs.destination(ae_title="NOT-THE-PACS")})
-    output = node.output(dispatcher, ["pacs"])
-    assert dispatcher.deliver_due() == 1
-    delivery = node.delivery(output)
-    assert (delivery.state, delivery.last_status) == ("dead", "association-rejected")
-    assert "Called AE title not recognised" in delivery.last_error
 
 
 def test_busy_pacs_rejecting_transiently_is_retried(node: Node, pacs_factory: Any) -> None:
