@@ -273,8 +273,9 @@ class _Connection:
             elif pdu_type == A_RELEASE_RQ_TYPE:
                 assert self.association is not None
                 self.server.service.release_requested(self.association)
+                # before the A-RELEASE-RP: a sender that re-associates as soon as it has it must find its place free
+                self._give_back_place()
                 self._send(_pdu(A_RELEASE_RP_TYPE, b"\x00" * 4))
-                self._give_back_place()  # a sender that re-associates at once must not meet its own old place
                 self._linger()
                 return True
             elif pdu_type == A_ABORT_TYPE:
