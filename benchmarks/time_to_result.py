@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -48,6 +48,23 @@ from tests.harness import start_node_process, wait_for_log
 POLL_SECONDS = 0.02
 ORTHANC_STABLE_AGE = 60  # Orthanc's default StableAge: a study is stable after 60 s without a new instance
 CaseMaker = Callable[[Path, int, int], list[DemoStudy]]  # writes (folder, per class, seed) a network's studies
+
+
+def changes_of_type(
+    pacs: OrthancServer, change_type: str, since: int, pause: Callable[[float], bool]
+) -> Iterator[tuple[str, float]]:
+    """The id of each change of `change_type` in Orthanc's change log after `since`, with when it was read
+    (time.monotonic). Once the log is read to its end it calls `pause(POLL_SECONDS)`, and stops when that
+    returns False."""
+    while True:
+        page = pacs.get(f"/changes?since={since}&limit=1000")
+        now = time.monotonic()
+        for change in page["Changes"]:
+            if change["ChangeType"] == change_type:
+                yield change["ID"], now
+        since = int(page["Last"])
+        if page["Done"] and not pause(POLL_SECONDS):
+            return
 
 
 class ResultWatcher:
@@ -96,15 +113,11 @@ class ResultWatcher:
                 self._changed.notify_all()
 
     def _follow_changes(self) -> None:
-        while not self._stop.is_set():
-            page = self._pacs.get(f"/changes?since={self._since}&limit=1000")
-            now = time.monotonic()
-            for change in page["Changes"]:
-                if change["ChangeType"] == "NewSeries":
-                    self._note(change["ID"], now)
-            self._since = int(page["Last"])
-            if page["Done"]:
-                self._stop.wait(POLL_SECONDS)
+        for series_id, now in changes_of_type(self._pacs, "NewSeries", self._since, self._keep_following):
+            self._note(series_id, now)
+
+    def _keep_following(self, seconds: float) -> bool:
+        return not self._stop.wait(seconds)
 
     def _note(self, series_id: str, now: float) -> None:
         series = self._pacs.get(f"/series/{series_id}")
@@ -307,18 +320,17 @@ def peer_stable_seconds(cases: Sequence[DemoStudy], stable_age: int, workdir: Pa
             sent[case.result_study_uid] = time.monotonic()
         stable: dict[str, float] = {}
         deadline = time.monotonic() + 3 * stable_age + 60
-        while not sent.keys() <= stable.keys():
+
+        def still_waiting(seconds: float) -> bool:
+            if sent.keys() <= stable.keys():
+                return False
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the peer reported {len(stable)} of {len(sent)} studies stable in time")
-            page = peer.get(f"/changes?since={since}&limit=1000")
-            now = time.monotonic()
-            for change in page["Changes"]:
-                if change["ChangeType"] == "StableStudy":
-                    study_uid = peer.get(f"/studies/{change['ID']}")["MainDicomTags"]["StudyInstanceUID"]
-                    stable.setdefault(study_uid, now)
-            since = int(page["Last"])
-            if page["Done"]:
-                time.sleep(POLL_SECONDS)
+            time.sleep(seconds)
+            return True
+
+        for study_id, now in changes_of_type(peer, "StableStudy", since, still_waiting):
+            stable.setdefault(peer.get(f"/studies/{study_id}")["MainDicomTags"]["StudyInstanceUID"], now)
     return {uid: stable[uid] - at for uid, at in sent.items()}, version
 
 
