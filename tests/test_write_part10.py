@@ -16,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from benchmarks.inference import OUTPUTS, demo_job
@@ -131,8 +133,22 @@ def test_an_item_with_a_character_set_of_its_own() -> None:
 
 
 def _raw_document() -> Dataset:
-    """A data set read back from a file: its elements stay raw until they are used."""
+    """A data set read back from a file: its elements stay raw until they are used (written as they are)."""
     return dcmread(BytesIO(pydicom_bytes(document("ISO_IR 100", PatientName=LATIN, Rows=4))))
+
+
+def _raw_document_in_another_character_set() -> Dataset:
+    """pydicom decodes raw text in the new set and encodes it again: the Latin-1 bytes are not kept."""
+    ds = _raw_document()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
+
+
+def _raw_element_made_in_memory() -> Dataset:
+    """Not read from a file: pydicom decodes the value (dropping the NUL padding) and encodes it again."""
+    ds = document()
+    ds[0x00081030] = RawDataElement(BaseTag(0x00081030), "LO", 4, b"ab\x00\x00", 0, False, True)
+    return ds
 
 
 EDGE_CASES: dict[str, Callable[[], Dataset]] = {
@@ -165,6 +181,8 @@ EDGE_CASES: dict[str, Callable[[], Dataset]] = {
     "a sequence of undefined length": lambda: _with_undefined_lengths(sequence=True),
     "an item of undefined length": lambda: _with_undefined_lengths(sequence=False),
     "raw elements read from a file": _raw_document,
+    "raw elements read from a file, in another character set since": _raw_document_in_another_character_set,
+    "a raw element in a data set made in memory": _raw_element_made_in_memory,
     "pixel data marked of undefined length": lambda: _with_undefined_length_bytes(),
 }
 
@@ -213,7 +231,7 @@ def _with_undefined_lengths(*, sequence: bool) -> Dataset:
 
 
 @pytest.mark.parametrize("case", EDGE_CASES)
-def test_elements_the_fast_path_leaves_to_pydicom(case: str) -> None:
+def test_edge_cases_are_written_as_pydicom_writes_them(case: str) -> None:
     assert_encoded_as_pydicom(EDGE_CASES[case]())
 
 

@@ -1,6 +1,7 @@
 """write/sr_content.py builds the same TID 1500 tree as highdicom's template classes (tests/sr_reference.py),
 element by element: tags, VRs, values with their Python types, their encoding (DS strings, FL/FD bytes) and
-item order, for hand-built findings and for the networks' findings on synthetic demo studies."""
+item order, for hand-built findings and for the networks' findings on synthetic demo studies. Each tree's
+content, encoded straight from its Items (write/content_items.py), is also the bytes its Datasets encode to."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from unittest import mock
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
@@ -33,6 +34,7 @@ from scintnode.finding import Finding, Hotspot
 from scintnode.models.registry import EpisodeNetwork, default_registry
 from scintnode.models.spec import Code, LabelSpec
 from scintnode.write import sr_content
+from scintnode.write.content_items import Item, encode_sequence, to_dataset
 from scintnode.write.seg import build_segmentation
 from scintnode.write.sr import check_inputs
 from tests import sr_reference
@@ -132,11 +134,23 @@ def _both(
     return ours, reference
 
 
+def assert_encoded_as_its_datasets(root: Item) -> None:
+    """The root's content, encoded from its Items, is the Content Sequence its Datasets are written as."""
+    content = encode_sequence(root.get("ContentSequence"))
+    assert content is not None, "the content went the slow way, through Datasets"
+    raw = RawDataElement(sr_content_sequence_tag, "SQ", len(content), content, 0, False, True)
+    assert _encoded(raw) == _encoded(to_dataset(root)["ContentSequence"])
+
+
+sr_content_sequence_tag = DataElement(0x0040A730, "SQ", []).tag
+
+
 def _assert_equal_to_highdicoms(
     finding: Finding, sources: Sequence[Dataset], segmentation: Dataset | None = None
 ) -> list[Dataset]:
     ours, reference = _both(finding, sources, segmentation)
     assert_same_tree(ours, reference)
+    assert_encoded_as_its_datasets(sr_content.measurement_tree(finding, sources, segmentation))
     items = list(_items(ours))
     assert len({id(item) for item in items}) == len(items), "an item is shared: editing one would change another"
     return ours

@@ -8,8 +8,10 @@ data sets built in memory in Explicit VR Little Endian, so most elements need on
 value bytes. `encode_file` writes those directly, resolves an ambiguous VR (Pixel Data's "OB or OW") with
 pydicom's own function, and hands every element it does not recognise to pydicom's element writer: text
 that is not ASCII, or in a character set other than the default, Latin-1 or UTF-8; person names; dates held
-as date objects; sequences of undefined length. A data set holding raw elements (read from a file), or in
-any other transfer syntax, is saved by pydicom whole.
+as date objects; sequences of undefined length. A raw element (as read from a file, or the SR's encoded
+content, write/sr_document.py) is written as it is where pydicom would write it so: its data set marked as
+read in Explicit VR Little Endian, in the character set it has now. Any other data set with raw elements,
+or one in another transfer syntax, is saved by pydicom whole.
 tests/test_write_part10.py holds the bytes equal to `save_as` for every result the five networks write.
 """
 
@@ -20,7 +22,7 @@ from copy import deepcopy
 from io import BytesIO
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
@@ -80,6 +82,12 @@ def encode_file(ds: Dataset) -> bytes:
     return b"".join([bytes(head.getvalue()), *body])  # one copy of the pixel data, not two
 
 
+def keeps_ascii(character_set: str | list[str] | None) -> bool:
+    """Whether text in this Specific Character Set is written here as its ASCII bytes, as pydicom writes it."""
+    encodings = convert_encodings(character_set or [default_encoding])
+    return len(encodings) == 1 and encodings[0] in _ASCII_SAFE_ENCODINGS
+
+
 def _pydicom_file(ds: Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -100,8 +108,11 @@ def _encode_dataset(ds: Dataset, parent_encodings: list[str], parents: list[Data
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue  # pydicom does not write retired group lengths (PS3.5 7.2)
         element = ds.get_item(tag)
+        if isinstance(element, RawDataElement):
+            _append_raw(element, ds, out)
+            continue
         if not isinstance(element, DataElement):
-            raise _NeedsPydicom  # pydicom decodes a raw element and encodes it again
+            raise _NeedsPydicom
         if len(element.VR) != 2:  # "OB or OW", "US or SS": resolved in place, as pydicom's writer does
             correct_ambiguous_vr_element(element, ds, True, lineage)
             if len(element.VR) != 2:
@@ -111,6 +122,25 @@ def _encode_dataset(ds: Dataset, parent_encodings: list[str], parents: list[Data
             fallback.is_implicit_VR, fallback.is_little_endian = False, True
             write_data_element(fallback, element, own if has_own else encodings)
             out.append(fallback.getvalue())
+
+
+def _append_raw(element: RawDataElement, ds: Dataset, out: list[bytes]) -> None:
+    """Appends a raw element's bytes as they are, where pydicom's `write_dataset` writes them so (the data set
+    read in the file's encoding and character set); else pydicom decodes it and encodes it again."""
+    # pydicom compares its private `_character_set` (the set in force, inherited ones included) to the one read
+    as_read = ds.original_encoding == (False, True) and ds.original_character_set == ds._character_set
+    if not as_read or element.value is None or element.VR is None or len(element.VR) != 2:
+        raise _NeedsPydicom
+    if element.is_buffered or element.length == 0xFFFFFFFF:
+        raise _NeedsPydicom
+    value = element.value
+    if element.VR in _LONG_LENGTH_VRS:
+        header = struct.pack("<HH2sHI", element.tag >> 16, element.tag & 0xFFFF, element.VR.encode(), 0, len(value))
+    elif len(value) > 0xFFFF:
+        raise _NeedsPydicom
+    else:
+        header = struct.pack("<HH2sH", element.tag >> 16, element.tag & 0xFFFF, element.VR.encode(), len(value))
+    out += (header, value)
 
 
 def _append_element(

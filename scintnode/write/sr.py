@@ -39,7 +39,7 @@ import scintnode
 from scintnode.finding import Finding
 from scintnode.models.spec import ModelSpec
 from scintnode.write.sr_content import MANUFACTURER as MANUFACTURER  # re-exported: sc.py and seg.py use it too
-from scintnode.write.sr_content import measurement_report
+from scintnode.write.sr_content import measurement_tree
 from scintnode.write.sr_document import PreliminaryComprehensive3DSR
 
 SR_SERIES_NUMBER = 9001
@@ -67,10 +67,10 @@ def build_report(
     ``finding.volume``; each region gets a TID 1411 group referencing its segment, and the SEG is evidence.
     """
     check_inputs(finding, sources)
-    report = measurement_report(finding, sources, segmentation)
+    report = measurement_tree(finding, sources, segmentation)
     return PreliminaryComprehensive3DSR(
         [*sources, *other_evidence, *([segmentation] if segmentation is not None else [])],
-        report,
+        [report],
         series_instance_uid=series_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=sop_instance_uid or generate_uid(),

@@ -1,15 +1,16 @@
-"""The TID 1500 content tree of the SR (write/sr.py lays it out), built as plain pydicom Datasets.
+"""The TID 1500 content tree of the SR (write/sr.py lays it out), built as light `content_items.Item` trees.
 
 highdicom's template classes (MeasurementReport and the groups, measurements and references inside it) took
 about 8.5 ms to build a thyroid report's tree, more than a fifth of the 38 ms job: every content item checks
 its arguments and sets its attributes one keyword at a time, reading them back to validate the next; image
 references search highdicom's IOD tables (may the SOP class have frames, pixel data?) and the Image Library
-rebuilds its SOP class table per image. This module writes the same elements directly, in about 2.3 ms.
-tests/test_write_sr_content.py holds its output equal to highdicom's templates (kept there as the reference)
-element by element: tags, VRs, values, DS strings and item order, for planar, multi-frame, episode and CT
-findings with their SEG.
+rebuilds its SOP class table per image. This module writes the same elements directly, as Items that
+write/sr.py encodes straight to bytes (write/content_items.py) or makes into pydicom Datasets.
+tests/test_write_sr_content.py holds `measurement_report`'s Datasets equal to highdicom's templates (kept there
+as the reference) element by element: tags, VRs, values, DS strings and item order, for planar, multi-frame,
+episode and CT findings with their SEG.
 
-Every call builds fresh Datasets, none shared between items or reports, so editing one item of a written
+Every call builds fresh Items, none shared between items or reports, so editing one item of a written
 report cannot change another.
 """
 
@@ -20,16 +21,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from highdicom.sr.templates import _get_coded_modality
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DS
 
 from scintnode.finding import Finding, Hotspot, Region
 from scintnode.models.spec import Code, ModelSpec
 from scintnode.write import unlisted_classes
+from scintnode.write.content_items import Item, to_dataset
 
 MANUFACTURER = "scintnode"
 
@@ -115,9 +114,13 @@ _SIDES = {"right": _RIGHT, "left": _LEFT}
 def measurement_report(
     finding: Finding, sources: Sequence[Dataset], segmentation: Dataset | None = None
 ) -> list[Dataset]:
-    """The TID 1500 tree for ``finding`` as write/sr.py's docstring lays it out: a list holding its one root
-    CONTAINER, the ``content`` of `PreliminaryComprehensive3DSR` (``check_inputs`` first: this trusts its
-    arguments)."""
+    """The TID 1500 tree for ``finding`` as pydicom Datasets: a list holding its one root CONTAINER, the
+    ``content`` of `PreliminaryComprehensive3DSR` (``check_inputs`` first: this trusts its arguments)."""
+    return [to_dataset(measurement_tree(finding, sources, segmentation))]
+
+
+def measurement_tree(finding: Finding, sources: Sequence[Dataset], segmentation: Dataset | None = None) -> Item:
+    """The root CONTAINER of the TID 1500 tree for ``finding``, laid out as write/sr.py's docstring says."""
     model = finding.model
     referenced = referenced_sources(finding, sources)
     groups = [
@@ -128,7 +131,7 @@ def measurement_report(
         ),
         *_segment_groups(finding, segmentation),
     ]
-    root = _container(
+    return _container(
         _REPORT,
         None,
         [
@@ -140,7 +143,6 @@ def measurement_report(
         ],
         template="1500",
     )
-    return [root]
 
 
 def referenced_sources(finding: Finding, sources: Sequence[Dataset]) -> list[tuple[int, Dataset]]:
@@ -183,7 +185,7 @@ def algorithm_parameters(model: ModelSpec) -> list[str]:
     return parameters
 
 
-def _classification_group(finding: Finding, referenced: Sequence[tuple[int, Dataset]]) -> Dataset:
+def _classification_group(finding: Finding, referenced: Sequence[tuple[int, Dataset]]) -> Item:
     model = finding.model
     return _measurement_group(
         "1501",
@@ -199,7 +201,7 @@ def _classification_group(finding: Finding, referenced: Sequence[tuple[int, Data
     )
 
 
-def _hotspot_group(finding: Finding, number: int, hotspot: Hotspot, source: Dataset) -> Dataset:
+def _hotspot_group(finding: Finding, number: int, hotspot: Hotspot, source: Dataset) -> Item:
     """TID 1410: the hot spot as a POINT on its source frame, with the predicted class and its probability."""
     model = finding.model
     site = _finding_site(model.finding_site)
@@ -223,7 +225,7 @@ def _hotspot_group(finding: Finding, number: int, hotspot: Hotspot, source: Data
     )
 
 
-def _segment_groups(finding: Finding, segmentation: Dataset | None) -> list[Dataset]:
+def _segment_groups(finding: Finding, segmentation: Dataset | None) -> list[Item]:
     """One TID 1411 group per region of ``finding.volume``: its segment (same Tracking UID as in the SEG),
     volume, side (as Finding Site laterality), centre (in the tracking identifier) and probability."""
     if segmentation is None or finding.volume is None:
@@ -237,9 +239,7 @@ def _segment_groups(finding: Finding, segmentation: Dataset | None) -> list[Data
     return groups
 
 
-def _segment_group(
-    finding: Finding, region: Region, tracking_uid: str, segmentation: Dataset, series_uid: str
-) -> Dataset:
+def _segment_group(finding: Finding, region: Region, tracking_uid: str, segmentation: Dataset, series_uid: str) -> Item:
     x, y, z = region.centre_mm
     return _measurement_group(
         "1411",
@@ -263,10 +263,10 @@ def _measurement_group(
     identifier: str,
     tracking_uid: str,
     finding: Finding,
-    site: Dataset,
-    measurements: Iterable[Dataset],
-    references: Iterable[Dataset],
-) -> Dataset:
+    site: Item,
+    measurements: Iterable[Item],
+    references: Iterable[Item],
+) -> Item:
     """TID 1501/1410/1411 in highdicom's item order: the references (source images, region or segment) come
     after the measurements."""
     return _container(
@@ -285,13 +285,13 @@ def _measurement_group(
     )
 
 
-def _probability(model: ModelSpec, key: str, value: float) -> Dataset:
+def _probability(model: ModelSpec, key: str, value: float) -> Item:
     """``NUM Probability = <value * 100> %`` with the class it is for as a HAS CONCEPT MOD Finding."""
     which = _code_item(_FINDING, model.label(key).code, _HAS_CONCEPT_MOD)
     return _num_item(_PROBABILITY, value * 100.0, _PERCENT, _CONTAINS, which)
 
 
-def _finding_site(location: Code, laterality: Code | None = None, modifier: Code | None = None) -> Dataset:
+def _finding_site(location: Code, laterality: Code | None = None, modifier: Code | None = None) -> Item:
     children = []
     if laterality is not None:
         children.append(_code_item(_LATERALITY, laterality, _HAS_CONCEPT_MOD))
@@ -300,7 +300,7 @@ def _finding_site(location: Code, laterality: Code | None = None, modifier: Code
     return _code_item(_FINDING_SITE, location, _HAS_CONCEPT_MOD, *children)
 
 
-def _algorithm_identification(model: ModelSpec) -> list[Dataset]:
+def _algorithm_identification(model: ModelSpec) -> list[Item]:
     """TID 4019 for ``model``: registry name, version, manufacturer, weights hash (and the synthetic caveat)."""
     return [
         _text_item(_ALGORITHM_NAME, algorithm_name(model), _HAS_CONCEPT_MOD),
@@ -311,7 +311,7 @@ def _algorithm_identification(model: ModelSpec) -> list[Dataset]:
     ]
 
 
-def _device_observer(model: ModelSpec) -> list[Dataset]:
+def _device_observer(model: ModelSpec) -> list[Item]:
     """TID 1002 with TID 1004: the model as the device observer."""
     return [
         _code_item(_OBSERVER_TYPE, _DEVICE, _HAS_OBS_CONTEXT),
@@ -322,12 +322,12 @@ def _device_observer(model: ModelSpec) -> list[Dataset]:
     ]
 
 
-def _image_library(images: Sequence[Dataset]) -> Dataset:
+def _image_library(images: Sequence[Dataset]) -> Item:
     """TID 1600: one Image Library Group per modality and frame of reference, in first-seen order.
 
     highdicom means to put the shared frame of reference into each group, but tests for it on the group's
     first IMAGE item, which never has one, so its groups hold only their images; so do these."""
-    groups: dict[tuple[object, ...], list[Dataset]] = {}
+    groups: dict[tuple[object, ...], list[Item]] = {}
     for image in images:
         modality = _modality(str(image.SOPClassUID))
         key: tuple[object, ...] = (modality,)
@@ -342,7 +342,7 @@ def _image_library(images: Sequence[Dataset]) -> Dataset:
     )
 
 
-def _library_descriptors(image: Dataset, modality: Code) -> list[Dataset]:
+def _library_descriptors(image: Dataset, modality: Code) -> list[Item]:
     """TID 1602 as highdicom fills it: modality, frame of reference, matrix size, then per modality family
     TID 1604 (cross-sectional) or TID 1603 (projection radiography)."""
     descriptors = [_code_item(_MODALITY, modality, _HAS_ACQ_CONTEXT)]
@@ -357,7 +357,7 @@ def _library_descriptors(image: Dataset, modality: Code) -> list[Dataset]:
     return descriptors
 
 
-def _cross_sectional_descriptors(image: Dataset) -> list[Dataset]:
+def _cross_sectional_descriptors(image: Dataset) -> list[Item]:
     spacing, position, orientation = image.PixelSpacing, image.ImagePositionPatient, image.ImageOrientationPatient
     descriptors = [
         _num_item(_HORIZONTAL_PIXEL_SPACING, spacing[1], _MILLIMETRE, _HAS_ACQ_CONTEXT),
@@ -376,7 +376,7 @@ def _cross_sectional_descriptors(image: Dataset) -> list[Dataset]:
     return descriptors
 
 
-def _projection_descriptors(image: Dataset) -> list[Dataset]:
+def _projection_descriptors(image: Dataset) -> list[Item]:
     orientation, spacing = image.PatientOrientation, image.ImagerPixelSpacing
     return [
         _text_item(_PATIENT_ORIENTATION_ROW, orientation[0], _HAS_ACQ_CONTEXT),
@@ -408,28 +408,26 @@ def _frames_for(finding: Finding, index: int, source: Dataset) -> list[int] | No
 # Content items by value type (PS3.3 C.17.3), with the elements highdicom's ContentItem classes set.
 
 
-def _container(
-    name: Code, relationship: str | None, children: Sequence[Dataset], template: str | None = None
-) -> Dataset:
+def _container(name: Code, relationship: str | None, children: Sequence[Item], template: str | None = None) -> Item:
     elements: dict[str, Any] = {"ContinuityOfContent": "CONTINUOUS"}
     if template is not None:
-        elements["ContentTemplateSequence"] = [_dataset(MappingResource="DCMR", TemplateIdentifier=template)]
+        elements["ContentTemplateSequence"] = [_elements(MappingResource="DCMR", TemplateIdentifier=template)]
     return _item("CONTAINER", name, relationship, *children, **elements)
 
 
-def _code_item(name: Code, value: Code, relationship: str, *children: Dataset) -> Dataset:
+def _code_item(name: Code, value: Code, relationship: str, *children: Item) -> Item:
     return _item("CODE", name, relationship, *children, ConceptCodeSequence=[_code(value)])
 
 
-def _text_item(name: Code, value: str, relationship: str) -> Dataset:
+def _text_item(name: Code, value: str, relationship: str) -> Item:
     return _item("TEXT", name, relationship, TextValue=str(value))
 
 
-def _uidref_item(name: Code, uid: str, relationship: str) -> Dataset:
+def _uidref_item(name: Code, uid: str, relationship: str) -> Item:
     return _item("UIDREF", name, relationship, UID=uid)
 
 
-def _num_item(name: Code, value: float, unit: Code, relationship: str, *children: Dataset) -> Dataset:
+def _num_item(name: Code, value: float, unit: Code, relationship: str, *children: Item) -> Item:
     """NUM as highdicom writes it: the value as an auto-formatted DS string, and a float value also as FD
     (FloatingPointValue); an int (e.g. Rows) has no FD."""
     if not isinstance(value, int | float):
@@ -440,7 +438,7 @@ def _num_item(name: Code, value: float, unit: Code, relationship: str, *children
     }
     if isinstance(value, float):
         measured["FloatingPointValue"] = value
-    return _item("NUM", name, relationship, *children, MeasuredValueSequence=[_dataset(**measured)])
+    return _item("NUM", name, relationship, *children, MeasuredValueSequence=[_elements(**measured)])
 
 
 def _image_item(
@@ -450,8 +448,8 @@ def _image_item(
     *,
     frames: list[int] | None = None,
     segment: int | None = None,
-    children: Sequence[Dataset] = (),
-) -> Dataset:
+    children: Sequence[Item] = (),
+) -> Item:
     reference: dict[str, Any] = {
         "ReferencedSOPClassUID": str(image.SOPClassUID),
         "ReferencedSOPInstanceUID": str(image.SOPInstanceUID),
@@ -460,25 +458,25 @@ def _image_item(
         reference["ReferencedFrameNumber"] = frames
     if segment is not None:
         reference["ReferencedSegmentNumber"] = segment
-    return _item("IMAGE", name, relationship, *children, ReferencedSOPSequence=[_dataset(**reference)])
+    return _item("IMAGE", name, relationship, *children, ReferencedSOPSequence=[_elements(**reference)])
 
 
-def _scoord_point(name: Code, column: float, row: float, relationship: str, image: Dataset) -> Dataset:
+def _scoord_point(name: Code, column: float, row: float, relationship: str, image: Item) -> Item:
     """SCOORD POINT at (column, row) in image pixels, SELECTED FROM ``image``; Graphic Data is FL."""
     return _item("SCOORD", name, relationship, image, GraphicType="POINT", GraphicData=[float(column), float(row)])
 
 
-def _item(value_type: str, name: Code, relationship: str | None, *children: Dataset, **elements: Any) -> Dataset:
+def _item(value_type: str, name: Code, relationship: str | None, *children: Item, **elements: Any) -> Item:
     elements["ValueType"] = value_type
     elements["ConceptNameCodeSequence"] = [_code(name)]
     if relationship is not None:
         elements["RelationshipType"] = relationship
     if children:
         elements["ContentSequence"] = list(children)
-    return _dataset(**elements)
+    return Item(elements)
 
 
-def _code(code: Code) -> Dataset:
+def _code(code: Code) -> Item:
     """A code sequence item as highdicom's CodedConcept writes it: values over 16 characters go to Long Code
     Value, or URN Code Value for a URN or URL."""
     if len(code.meaning) > 64:
@@ -486,20 +484,8 @@ def _code(code: Code) -> Dataset:
     value_keyword = "CodeValue"
     if len(code.value) > 16:
         value_keyword = "URNCodeValue" if code.value.startswith("urn") or "://" in code.value else "LongCodeValue"
-    return _dataset(**{value_keyword: code.value, "CodingSchemeDesignator": code.scheme, "CodeMeaning": code.meaning})
+    return _elements(**{value_keyword: code.value, "CodingSchemeDesignator": code.scheme, "CodeMeaning": code.meaning})
 
 
-def _dataset(**elements: Any) -> Dataset:
-    """A Dataset of keyword=value elements, each converted by pydicom as ``ds.Keyword = value`` would, without
-    the keyword lookups and per-assignment bookkeeping of attribute setting."""
-    converted = (DataElement(*_attribute(keyword), value) for keyword, value in elements.items())
-    return Dataset({element.tag: element for element in converted})
-
-
-@functools.cache
-def _attribute(keyword: str) -> tuple[BaseTag, str]:
-    """Tag and VR of a keyword from pydicom's dictionary."""
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise KeyError(f"{keyword} is not a DICOM keyword")
-    return BaseTag(tag), str(dictionary_VR(tag))
+def _elements(**elements: Any) -> Item:
+    return Item(elements)

@@ -13,31 +13,36 @@ attribute reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 import highdicom as hd
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
+from scintnode.write.content_items import Item, encode_sequence, referenced_instance_uids, to_dataset
 from scintnode.write.equipment import acquisition_first
+from scintnode.write.part10 import keeps_ascii
 from scintnode.write.source_study import study_arguments
 from scintnode.write.unlisted_classes import as_listed_class
 
-_REFERENCING_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE"})
+_CONTENT_SEQUENCE = BaseTag(0x0040A730)
 
 
 class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdicom is not followed (pyproject)
     """A complete, unverified, preliminary Comprehensive 3D SR in the study of ``evidence[0]``.
 
-    ``content`` holds the root of the tree (write/sr_content.py's `measurement_report`); its items become
-    the document's own, not copies, so it must not be reused for another document. Every instance the tree
+    ``content`` holds the root of the tree: Datasets (write/sr_content.py's `measurement_report`), whose items
+    become the document's own, not copies, so it must not be reused for another document; or an `Item`
+    (`measurement_tree`), whose content goes in encoded (see `_take_root`). Every instance the tree
     references must be among ``evidence``; evidence from the first item's study is Current Requested
     Procedure Evidence, from any other study Pertinent Other Evidence."""
 
     def __init__(
         self,
         evidence: Sequence[Dataset],
-        content: Sequence[Dataset],
+        content: Sequence[Dataset | Item],
         *,
         series_instance_uid: str,
         series_number: int,
@@ -69,9 +74,8 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
         self.VerificationFlag = "UNVERIFIED"
         self.PreliminaryFlag = "PRELIMINARY"
         root = content[0]
-        for element in root:
-            self[element.tag] = element
-        current, other = _evidence(evidence, root, str(self.StudyInstanceUID))
+        encoded = self._take_root(root)
+        current, other = _evidence(evidence, referenced_instance_uids(root), str(self.StudyInstanceUID))
         if current:
             self.CurrentRequestedProcedureEvidenceSequence = current
         if other:
@@ -82,24 +86,44 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
         self.ReferencedPerformedProcedureStepSequence: list[Dataset] = []
         self.copy_patient_and_study_information(as_listed_class(first))
         self._add_contributing_equipment(acquisition_first(first, contributing_equipment))
+        if encoded:
+            # as if read from an Explicit VR Little Endian file: pydicom then writes the raw content as it is,
+            # as write/part10.py does (unless the character set is changed after this)
+            self.set_original_encoding(False, True, self._character_set)
+
+    def _take_root(self, root: Dataset | Item) -> bool:
+        """Make the root container's elements the document's; True if its content went in encoded.
+
+        An Item's content items are encoded straight to bytes (write/content_items.py) where the document's
+        character set keeps ASCII as it is, and held as a raw Content Sequence that pydicom parses only if it
+        is read: building and encoding them as Datasets took a fifth of a planar job."""
+        if isinstance(root, Dataset):
+            for element in root:
+                self[element.tag] = element
+            return False
+        children = root.get("ContentSequence", [])
+        encoded = encode_sequence(children) if children and keeps_ascii(self.get("SpecificCharacterSet")) else None
+        elements = dict(root.elements)
+        if encoded is not None:
+            del elements["ContentSequence"]
+        for element in to_dataset(Item(elements)):
+            self[element.tag] = element
+        if encoded is None:
+            return False
+        self[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(encoded), encoded, 0, False, True)
+        return True
 
 
-def referenced_instance_uids(node: Dataset) -> Iterator[str]:
-    """The SOP Instance UID of every IMAGE and COMPOSITE item below ``node``, at any depth."""
-    for item in node.get("ContentSequence", ()):
-        if item.ValueType in _REFERENCING_VALUE_TYPES:
-            yield str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        yield from referenced_instance_uids(item)
-
-
-def _evidence(evidence: Sequence[Dataset], root: Dataset, study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
+def _evidence(
+    evidence: Sequence[Dataset], referenced: Iterable[str], study_uid: str
+) -> tuple[list[Dataset], list[Dataset]]:
     """The two evidence sequences' items, each instance once; raise ValueError naming any referenced instance
     that is not evidence (a viewer could not find it)."""
     first_of_each: dict[str, Dataset] = {}
     for ds in evidence:
         first_of_each.setdefault(str(ds.SOPInstanceUID), ds)
     unique = list(first_of_each.values())
-    missing = set(referenced_instance_uids(root)) - first_of_each.keys()
+    missing = set(referenced) - first_of_each.keys()
     if missing:
         raise ValueError(f"the content references instances that are not evidence: {', '.join(sorted(missing))}")
     current = [ds for ds in unique if str(ds.StudyInstanceUID) == study_uid]
