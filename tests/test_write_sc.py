@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from scintnode.finding import Hotspot
-from scintnode.write import SC_SERIES_NUMBER, build_heatmap_sc, render_overlay
+from scintnode.write import SC_SERIES_NUMBER, build_heatmap_sc, overlay, render_overlay
 from scintnode.write.overlay import MIN_WIDTH_PX
 from scintnode.write.sc import overlay_lines
 from tests.dicom_validation import LATERALITY_2C_LIMITATION, assert_dciodvfy_clean, dciodvfy_messages
@@ -136,3 +139,27 @@ def test_a_source_of_the_retired_nm_sop_class_gets_a_valid_heatmap() -> None:
     assert_dciodvfy_clean(sc, allowed_errors=[LATERALITY_2C_LIMITATION])
     (reference,) = sc.SourceImageSequence
     assert reference.ReferencedSOPClassUID == retired.SOPClassUID and "ReferencedFrameNumber" not in reference
+
+
+def _greedy_wrap(text: str, width: int, font_scale: float, thickness: int) -> list[str]:
+    """Word by word, each candidate measured: what `_wrap` must give, with or without its one-measurement path."""
+    words = text.split() or [""]
+    out = [words[0]]
+    for word in words[1:]:
+        candidate = f"{out[-1]} {word}"
+        if cv2.getTextSize(candidate, overlay._FONT, font_scale, thickness)[0][0] <= width:
+            out[-1] = candidate
+        else:
+            out.append(word)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(st.sampled_from("abcdefghij WXYZ%.,-:0123456789"), max_size=90),
+    st.integers(40, 1100),
+    st.sampled_from([0.6, 0.75, 1.2, 2.4]),
+)
+def test_banner_lines_wrap_as_the_word_by_word_wrap_does(text: str, width: int, font_scale: float) -> None:
+    thickness = max(1, round(font_scale * 1.6))
+    assert overlay._wrap(text, width, font_scale, thickness) == _greedy_wrap(text, width, font_scale, thickness)

@@ -146,9 +146,14 @@ def _banner(lines: Sequence[str], width: int) -> np.ndarray:
 
 
 def _wrap(text: str, width: int, font_scale: float, thickness: int) -> list[str]:
+    """Greedy word wrap to ``width`` pixels. A line that fits whole is measured once: a text's width grows
+    with every word added, so the greedy pass would keep it whole too (a measurement is ~10 µs a word)."""
     words = text.split()
     if not words:
         return [""]
+    whole = " ".join(words)
+    if cv2.getTextSize(whole, _FONT, font_scale, thickness)[0][0] <= width:
+        return [whole]
     out = [words[0]]
     for word in words[1:]:
         candidate = f"{out[-1]} {word}"
