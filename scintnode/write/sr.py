@@ -1,7 +1,8 @@
 """Writes a Finding as a Comprehensive 3D SR (TID 1500) that goes back to PACS beside the heatmap SC.
 
 Input: the Finding infer produced and the source datasets it was computed on; output: a pydicom Dataset.
-sr_content.py builds the content tree, sr_document.py the document around it.
+sr_content.py builds the content tree, sr_document.py the document around it, which holds the content
+encoded (content_items.py): pydicom parses it only if someone reads ``ContentSequence``.
 
 Document layout (dsrdump reads it top-down):
 

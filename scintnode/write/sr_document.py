@@ -7,8 +7,9 @@ highdicom ContentItem per node on each pass. For a thyroid report that was 17 of
 took, about as long as the thyroid network itself. `PreliminaryComprehensive3DSR` fills the same modules
 through highdicom's documented extension point (`highdicom.SOPClass`, its patient and study copying, its
 Contributing Equipment, with the camera's entry from write/equipment.py) and finds the references with plain
-attribute reads.
-`tests/test_write_sr_document.py` requires its output to equal the constructor's, element by element.
+attribute reads. Given the tree as Items (write/content_items.py), it holds the content already encoded.
+`tests/test_write_sr_document.py` requires its output to equal the constructor's, element by element, and
+`tests/test_write_content_items.py` the file from Items to equal the file from their Datasets.
 """
 
 from __future__ import annotations
