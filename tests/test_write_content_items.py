@@ -96,6 +96,7 @@ def test_values_the_encoder_does_not_know_are_left_to_pydicom() -> None:
     assert encode_sequence([Item({"TextValue": b"bytes"})]) is None
     assert encode_sequence([Item({"ReferencedFrameNumber": "1"})]) is None  # IS given as text
     assert encode_sequence([Item({"ReferencedSegmentNumber": True})]) is None
+    assert encode_sequence([Item({"NumericValue": 87.5})]) is None  # a DS given as a float, not formatted by DS
     assert encode_sequence([Item({"PatientName": "A^B"})]) is None  # PN is not a content item VR
     assert encode_sequence([Item({"TextValue": "x" * 70_000, "CodeMeaning": "y" * 70_000})]) is None
 

@@ -21,8 +21,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+from pydicom.valuerep import DSdecimal, DSfloat
 
-_ITEM = struct.pack("<HHI", 0xFFFE, 0xE000, 0)[:4]
+_ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UR", "UT"})
 _LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _BINARY_FORMATS = {"US": "H", "UL": "I", "SS": "h", "SL": "i", "FL": "f", "FD": "d"}
@@ -51,7 +52,8 @@ def to_dataset(item: Item) -> Dataset:
 
 def encode_sequence(items: Sequence[Item]) -> bytes | None:
     """The value of a sequence of ``items`` as `write/part10.py` encodes their Datasets, in a parent whose
-    character set keeps ASCII as it is (any DICOM one); None where pydicom's rules are needed."""
+    character set writes ASCII text as its ASCII bytes (`part10.keeps_ascii`); None where pydicom's rules are
+    needed."""
     try:
         return b"".join(_sequence_parts(items))
     except _NeedsDatasets:
@@ -105,7 +107,9 @@ def _value(vr: str, value: Any) -> bytes:
         return struct.pack(f"<{len(values)}{_BINARY_FORMATS[vr]}", *values)
     if vr in ("DS", "IS"):
         values = value if isinstance(value, list | tuple) else [value]
-        if vr == "IS" and not all(type(v) is int for v in values):
+        # an int becomes an IS as its digits; a DS is written as pydicom formatted it (auto-format or as given)
+        wanted = int if vr == "IS" else (DSfloat, DSdecimal)
+        if not all(isinstance(v, wanted) and not isinstance(v, bool) for v in values):
             raise _NeedsDatasets
         text = "\\".join(str(getattr(v, "original_string", v)) for v in values)
     elif vr in _TEXT_VRS or vr == "UI":
