@@ -163,3 +163,47 @@ def _greedy_wrap(text: str, width: int, font_scale: float, thickness: int) -> li
 def test_banner_lines_wrap_as_the_word_by_word_wrap_does(text: str, width: int, font_scale: float) -> None:
     thickness = max(1, round(font_scale * 1.6))
     assert overlay._wrap(text, width, font_scale, thickness) == _greedy_wrap(text, width, font_scale, thickness)
+
+
+def _banner_height(lines: list[str], width: int) -> int:
+    return int(overlay._banner(lines, width).shape[0])
+
+
+@pytest.mark.parametrize("upright", [True, False])
+def test_panels_are_laid_out_under_the_banner_with_captions_and_black_gaps(upright: bool) -> None:
+    """Views of flat grey 0.25 and 0.75 without heat: each appears unchanged, under its caption, in its place;
+    the shorter view is padded with black, and a black gap separates the views."""
+    first_shape, second_shape = ((600, 256), (500, 256)) if upright else ((256, 600), (256, 500))
+    first = overlay.PanelPicture(np.full(first_shape, 0.25, np.float32), np.zeros(first_shape, np.float32), "Anterior")
+    second = overlay.PanelPicture(np.full(second_shape, 0.75, np.float32), np.zeros(second_shape, np.float32), "B")
+    lines = ["Normal: 90.0%", "AI result, unverified"]
+    picture = overlay.render_panels([first, second], lines)
+    gap = 4  # the views are at least 512 px across together: scale 1
+    width = 256 + gap + 256 if upright else 600
+    top = _banner_height(lines, width)
+    assert picture.shape[1] == width and picture.dtype == np.uint8
+    assert picture[:top].any()  # the banner's text
+    grey = {64: 0.25, 191: 0.75}  # convertScaleAbs rounds 255 * value
+    places = []
+    row, column = top, 0
+    for panel in (first, second):
+        caption = _banner_height([panel.caption], panel.image.shape[1])
+        rows, columns = panel.image.shape
+        assert picture[row : row + caption, column : column + columns].any()  # the caption's text
+        view = picture[row + caption : row + caption + rows, column : column + columns]
+        places.append(view)
+        assert (view == next(v for v, g in grey.items() if g == panel.image[0, 0])).all()
+        if upright:
+            below = picture[row + caption + rows :, column : column + columns]
+            assert not below.any()  # padded with black down to the taller view
+            column += columns + gap
+        else:
+            row += caption + rows + gap
+    if upright:
+        assert not picture[top:, 256 : 256 + gap].any()
+        assert picture.shape[0] == top + _banner_height(["Anterior"], 256) + 600
+    else:
+        between = top + _banner_height(["Anterior"], 600) + 256
+        assert not picture[between : between + gap].any()
+        assert not picture[between + gap + _banner_height(["B"], 500) :, 500:].any()  # right of the narrower view
+        assert picture.shape[0] == between + gap + _banner_height(["B"], 500) + 256

@@ -67,34 +67,37 @@ def render_panels(panels: Sequence[PanelPicture], lines: Sequence[str]) -> np.nd
     total_width = sum(g.shape[1] for g, _ in checked) if upright else max(g.shape[1] for g, _ in checked)
     scale = max(1, math.ceil(MIN_WIDTH_PX / total_width))
     drawn = [_blend(grey, heat, scale, p.markers) for (grey, heat), p in zip(checked, panels, strict=True)]
-    width = max(d.shape[1] for d in drawn)
-    captioned = [
-        np.concatenate([_banner([p.caption], d.shape[1]), d], axis=0) for p, d in zip(panels, drawn, strict=True)
-    ]
+    captions = [_banner([p.caption], d.shape[1]) for p, d in zip(panels, drawn, strict=True)]
     gap = max(4, 4 * scale)
-    if upright:
-        height = max(c.shape[0] for c in captioned)
-        parts = []
-        for index, part in enumerate(captioned):
-            if index:
-                parts.append(np.zeros((height, gap, 3), dtype=np.uint8))
-            parts.append(np.pad(part, ((0, height - part.shape[0]), (0, 0), (0, 0))))
-        body = np.concatenate(parts, axis=1)
-    else:
-        parts = []
-        for index, part in enumerate(captioned):
-            if index:
-                parts.append(np.zeros((gap, width, 3), dtype=np.uint8))
-            parts.append(np.pad(part, ((0, 0), (0, width - part.shape[1]), (0, 0))))
-        body = np.concatenate(parts, axis=0)
-    return np.ascontiguousarray(np.concatenate([_banner(lines, body.shape[1]), body], axis=0))
+    heights = [c.shape[0] + d.shape[0] for c, d in zip(captions, drawn, strict=True)]
+    widths = [d.shape[1] for d in drawn]
+    if upright:  # side by side, tops aligned
+        body_height, body_width = max(heights), sum(widths) + gap * (len(drawn) - 1)
+    else:  # one above the other, left edges aligned
+        body_height, body_width = sum(heights) + gap * (len(drawn) - 1), max(widths)
+    top = _banner(lines, body_width)
+    # one canvas, each part copied into place once: padding and concatenating copied every panel three times
+    picture = np.zeros((top.shape[0] + body_height, body_width, 3), dtype=np.uint8)
+    picture[: top.shape[0]] = top
+    row, column = top.shape[0], 0
+    for caption, part in zip(captions, drawn, strict=True):
+        width = part.shape[1]
+        picture[row : row + caption.shape[0], column : column + width] = caption
+        picture[row + caption.shape[0] : row + caption.shape[0] + part.shape[0], column : column + width] = part
+        if upright:
+            column += width + gap
+        else:
+            row += caption.shape[0] + part.shape[0] + gap
+    return picture
 
 
 def _blend(grey: np.ndarray, heat: np.ndarray, scale: int, markers: Sequence[tuple[float, float]]) -> np.ndarray:
     """The grey image scaled by ``scale`` with the heatmap in colour and rings at the markers."""
     size = (grey.shape[1] * scale, grey.shape[0] * scale)
-    grey_big = cv2.resize(grey, size, interpolation=cv2.INTER_NEAREST)
-    heat_big = np.clip(cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    grey_big, heat_big = grey, heat  # at scale 1 a resize would only copy
+    if scale > 1:
+        grey_big = cv2.resize(grey, size, interpolation=cv2.INTER_NEAREST)
+        heat_big = np.clip(cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
 
     base = cv2.cvtColor(cv2.convertScaleAbs(grey_big, alpha=255.0), cv2.COLOR_GRAY2RGB)
     colour = cv2.cvtColor(
