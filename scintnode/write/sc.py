@@ -22,7 +22,9 @@ from scintnode.phantoms.nm import VIEWS
 from scintnode.write import unlisted_classes
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
+from scintnode.write.source_study import study_arguments
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
+from scintnode.write.unlisted_classes import as_listed_class
 
 SC_SERIES_NUMBER = 9002
 UNVERIFIED = "AI result, unverified"
@@ -86,17 +88,7 @@ def build_heatmap_sc(
     first = sources[0]
     # SCImage.from_ref_dataset's copying, without its scan of highdicom's IOD tables (write/equipment.py)
     sc = hd.sc.SCImage(
-        study_instance_uid=first.StudyInstanceUID,
-        patient_id=first.get("PatientID"),
-        patient_name=first.get("PatientName"),
-        patient_birth_date=first.get("PatientBirthDate"),
-        patient_sex=first.get("PatientSex"),
-        accession_number=first.get("AccessionNumber"),
-        study_id=first.get("StudyID"),
-        study_date=first.get("StudyDate"),
-        study_time=first.get("StudyTime"),
-        referring_physician_name=first.get("ReferringPhysicianName"),
-        specific_character_set=first.get("SpecificCharacterSet"),
+        **study_arguments(first),
         pixel_array=picture,
         photometric_interpretation="RGB",
         bits_allocated=8,
@@ -115,6 +107,7 @@ def build_heatmap_sc(
         contributing_equipment=acquisition_first(first, [contributing_equipment(model)]),
     )
     sc.PatientOrientation = list(orientation) if orientation else None
+    sc.copy_patient_and_study_information(as_listed_class(first))  # as the source has them, as the SR does
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -1,25 +1,46 @@
 """The patient and study a result joins, as the arguments highdicom's `SOPClass` takes: copied from the
-source image (or first piece of evidence) the result is derived from. The SR and SEG documents share it."""
+source image (or first piece of evidence) the result is derived from. The SR, SEG and SC documents share it.
+
+highdicom checks some of these values as it sets them: a Patient's Sex other than M, F or O, or a date or
+time that is not DICOM's (``19800230``, ``2026-12-07``), raises, and a Type 2 attribute the source lacks
+would raise here. Cameras and anonymisers send all of these. One such header cost a job all its results
+after its network had run. Such a value is passed as empty instead, and each document then copies the
+source's patient and study attributes as they are (`copy_patient_and_study_information`), so the results
+carry what the source carries and PACS files them beside it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from highdicom.enum import PatientSexValues
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
 
 
 def study_arguments(source: Dataset) -> dict[str, Any]:
     """Study, patient and character-set keyword arguments of `highdicom.SOPClass` for a result of `source`."""
     return {
         "study_instance_uid": source.StudyInstanceUID,
-        "patient_id": source.PatientID,
-        "patient_name": source.PatientName,
-        "patient_birth_date": source.PatientBirthDate,
-        "patient_sex": source.PatientSex,
-        "accession_number": source.AccessionNumber,
-        "study_id": source.StudyID,
-        "study_date": source.StudyDate,
-        "study_time": source.StudyTime,
+        "patient_id": source.get("PatientID"),
+        "patient_name": source.get("PatientName"),
+        "patient_birth_date": _accepted(DA, source.get("PatientBirthDate")),
+        "patient_sex": _accepted(PatientSexValues, source.get("PatientSex")),
+        "accession_number": source.get("AccessionNumber"),
+        "study_id": source.get("StudyID"),
+        "study_date": _accepted(DA, source.get("StudyDate")),
+        "study_time": _accepted(TM, source.get("StudyTime")),
         "referring_physician_name": source.get("ReferringPhysicianName"),
         "specific_character_set": source.get("SpecificCharacterSet"),
     }
+
+
+def _accepted(convert: Callable[[Any], object], value: object) -> object:
+    """``value`` if highdicom's conversion takes it, else None (the verbatim copy afterwards keeps it)."""
+    if value is None or value == "":
+        return value
+    try:
+        convert(value)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return value
