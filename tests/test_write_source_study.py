@@ -1,6 +1,7 @@
 """A source whose patient or study header highdicom would refuse still gets its results, carrying the source's
 values as they are: a non-standard Patient's Sex, dates and times not in DICOM's form, Type 2 attributes left
-out. Before, one such header cost the job its SR, SC and SEG after the network had run."""
+out, character sets highdicom does not list (the standard ``\\ISO 2022 IR 87`` among them). Before, one such
+header cost the job its SR, SC and SEG after the network had run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from scintnode.infer import run_network
 from scintnode.models.registry import default_registry
 from scintnode.write.seg import build_segmentation
 from scintnode.write.sr import build_report
+from tests.dicom_validation import assert_dciodvfy_clean
 from tests.test_ct_outputs import FixedMask, phases  # noqa: F401  (phases is a fixture)
 from tests.test_nm_header import thyroid_source
 
@@ -52,6 +54,29 @@ def test_a_type_2_attribute_the_source_lacks_is_written_empty(keyword: str) -> N
     del source[keyword]
     for written in _results(source):
         assert keyword in written and written[keyword].is_empty, written.Modality
+
+
+@pytest.mark.parametrize(
+    ("character_set", "name"),
+    [
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),  # PS3.5 H.3.1: the first value empty, ISO-IR 6 in G0
+        ("", "Doe^Jane"),  # present and empty: the default repertoire
+        ("ISO_IR 6", "Doe^Jane"),  # not a defined term; pydicom reads it as ASCII
+        ("ISO_IR 999", "Doe^Jane"),  # unknown
+    ],
+)
+def test_a_character_set_highdicom_does_not_list_is_carried_with_the_names_in_it(
+    character_set: str | list[str], name: str
+) -> None:
+    source = thyroid_source()
+    source.SpecificCharacterSet = character_set
+    source.PatientName = name
+    for written in _results(source):
+        assert written.SpecificCharacterSet == character_set, written.Modality
+        assert str(written.PatientName) == name
+        if written.Modality == "SR" and character_set == ["", "ISO 2022 IR 87"]:
+            # dsrdump only warns that its checker does not support ISO 2022; dciodvfy checks the whole document
+            assert_dciodvfy_clean(written)
 
 
 def test_the_ct_seg_and_sr_carry_a_non_standard_patient_sex(

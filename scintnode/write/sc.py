@@ -22,7 +22,7 @@ from scintnode.phantoms.nm import VIEWS
 from scintnode.write import unlisted_classes
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
-from scintnode.write.source_study import study_arguments
+from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
 from scintnode.write.unlisted_classes import as_listed_class
 
@@ -107,6 +107,7 @@ def build_heatmap_sc(
         contributing_equipment=acquisition_first(first, [contributing_equipment(model)]),
     )
     sc.PatientOrientation = list(orientation) if orientation else None
+    carry_character_set(sc, first)
     sc.copy_patient_and_study_information(as_listed_class(first))  # as the source has them, as the SR does
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID

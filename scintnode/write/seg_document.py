@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 from pydicom.valuerep import DS, format_number_as_ds
 
 from scintnode.write.equipment import acquisition_first
-from scintnode.write.source_study import study_arguments
+from scintnode.write.source_study import carry_character_set, study_arguments
 
 # highdicom's codes for how each frame derives from its slice (seg/sop.py and image.py)
 _DERIVATION = hd.sr.CodedConcept.from_code(codes.cid7203.SegmentationImageDerivation)
@@ -92,6 +92,7 @@ class BinarySegmentation(hd.SOPClass):  # type: ignore[misc]  # highdicom is not
             software_versions=software_versions,
             series_description=series_description,
         )
+        carry_character_set(self, first)
         self.copy_specimen_information(first)
         self.copy_patient_and_study_information(first)
         self._add_contributing_equipment(acquisition_first(first, contributing_equipment))

@@ -25,7 +25,7 @@ from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 from scintnode.write.content_items import Item, encode_sequence, referenced_instance_uids, to_dataset
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.part10 import keeps_ascii
-from scintnode.write.source_study import study_arguments
+from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.unlisted_classes import as_listed_class
 
 _CONTENT_SEQUENCE = BaseTag(0x0040A730)
@@ -71,6 +71,7 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
             transfer_syntax_uid=ExplicitVRLittleEndian,
             series_description=series_description,
         )
+        carry_character_set(self, first)  # before the content is encoded in it
         self.CompletionFlag = "COMPLETE"
         self.VerificationFlag = "UNVERIFIED"
         self.PreliminaryFlag = "PRELIMINARY"
