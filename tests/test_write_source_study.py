@@ -29,6 +29,8 @@ MALFORMED = {
     "StudyDate": "2026-12-07",  # ISO form, not DICOM's YYYYMMDD
     "StudyTime": "256100",  # no such hour
 }
+# a name of several values, which highdicom refuses by type
+NAMES = {"ReferringPhysicianName": ["Doe^Jane", "Roe^Richard"], "PatientName": ["Doe^John", "Doe^Johnny"]}
 TYPE_2 = ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate"]
 
 
@@ -46,6 +48,25 @@ def test_a_value_highdicom_refuses_is_carried_as_the_source_has_it(keyword: str,
     for written in _results(source):
         assert written[keyword].value == value, written.Modality
         assert written.PatientID == source.PatientID and written.StudyInstanceUID == source.StudyInstanceUID
+
+
+@pytest.mark.parametrize(("keyword", "value"), NAMES.items())
+def test_a_name_of_several_values_is_carried_as_the_source_has_it(keyword: str, value: list[str]) -> None:
+    source = thyroid_source()
+    setattr(source, keyword, value)
+    for written in _results(source):
+        assert [str(name) for name in written[keyword].value] == value, written.Modality
+
+
+def test_a_camera_description_highdicom_refuses_leaves_out_only_the_cameras_entry() -> None:
+    """A Station Name over SH's 16 characters: highdicom's own SOP classes leave the camera's Contributing
+    Equipment entry out in this case; the results keep the node's entry and the source's station name."""
+    source = thyroid_source()
+    source.StationName = "NUCLEAR-MEDICINE-ROOM-2-GAMMA-CAMERA"
+    for written in _results(source):
+        purposes = [item.PurposeOfReferenceCodeSequence[0].CodeValue for item in written.ContributingEquipmentSequence]
+        assert "109101" not in purposes, written.Modality  # DCM Acquisition Equipment
+        assert purposes == ["109102", "109102"]  # DCM Processing Equipment: scintnode, then highdicom
 
 
 @pytest.mark.parametrize("keyword", TYPE_2)

@@ -20,7 +20,7 @@ _DESCRIPTION = "Acquisition equipment of the source image(s)"  # highdicom's wor
 
 def acquisition_equipment(source: Dataset) -> hd.ContributingEquipment | None:
     """The acquiring device of ``source`` as highdicom describes it; None without a Manufacturer (Type 2,
-    may be empty), where highdicom refuses and its SOP classes leave the entry out."""
+    may be empty) or with a value highdicom refuses, where its SOP classes leave the entry out."""
     manufacturer = source.get("Manufacturer")
     if not manufacturer:
         return None
@@ -30,6 +30,13 @@ def acquisition_equipment(source: Dataset) -> hd.ContributingEquipment | None:
         # pydicom gives datetime objects only when its datetime conversion is on; highdicom reads them alike
         if isinstance(date, datetime.date) and isinstance(time, datetime.time):
             when = datetime.datetime.combine(date, time)
+    try:
+        return _entry(source, manufacturer, when)
+    except (ValueError, TypeError):  # e.g. a Station Name over SH's 16 characters: left out, as highdicom does
+        return None
+
+
+def _entry(source: Dataset, manufacturer: str, when: datetime.datetime | None) -> hd.ContributingEquipment:
     return hd.ContributingEquipment(
         manufacturer=manufacturer,
         purpose_of_reference=codes.DCM.AcquisitionEquipment,

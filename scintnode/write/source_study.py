@@ -2,7 +2,8 @@
 source image (or first piece of evidence) the result is derived from. The SR, SEG and SC documents share it.
 
 highdicom checks some of these values as it sets them: a Patient's Sex other than M, F or O, a date or
-time that is not DICOM's (``19800230``, ``2026-12-07``), or a Specific Character Set it does not list (empty,
+time that is not DICOM's (``19800230``, ``2026-12-07``), a name of several values, or a Specific Character
+Set it does not list (empty,
 ``\\ISO 2022 IR 87`` with its empty first value, ``ISO_IR 6``) raises, and a Type 2 attribute the source
 lacks would raise here. Cameras and anonymisers send all of these. One such header cost a job all its
 results after its network had run. Such a value is passed as empty instead, and each document then copies
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from highdicom.enum import PatientSexValues
-from highdicom.valuerep import _check_specific_character_set  # what SOPClass checks; highdicom is pinned
+from highdicom.valuerep import (
+    _check_specific_character_set,  # what SOPClass checks; highdicom is pinned
+    check_person_name,
+)
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM
@@ -28,14 +32,14 @@ def study_arguments(source: Dataset) -> dict[str, Any]:
     return {
         "study_instance_uid": source.StudyInstanceUID,
         "patient_id": source.get("PatientID"),
-        "patient_name": source.get("PatientName"),
+        "patient_name": _accepted(check_person_name, source.get("PatientName")),
         "patient_birth_date": _accepted(DA, source.get("PatientBirthDate")),
         "patient_sex": _accepted(PatientSexValues, source.get("PatientSex")),
         "accession_number": source.get("AccessionNumber"),
         "study_id": source.get("StudyID"),
         "study_date": _accepted(DA, source.get("StudyDate")),
         "study_time": _accepted(TM, source.get("StudyTime")),
-        "referring_physician_name": source.get("ReferringPhysicianName"),
+        "referring_physician_name": _accepted(check_person_name, source.get("ReferringPhysicianName")),
         "specific_character_set": _accepted(_character_set_check, source.get("SpecificCharacterSet")),
     }
 
