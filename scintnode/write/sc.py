@@ -15,13 +15,14 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from scintnode.finding import Finding
 from scintnode.phantoms.nm import VIEWS
 from scintnode.write import unlisted_classes
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
+from scintnode.write.sc_document import HeatmapSC
 from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
 from scintnode.write.unlisted_classes import as_listed_class
@@ -86,13 +87,9 @@ def build_heatmap_sc(
         orientation = patient_orientation(source, frame)
     model = finding.model
     first = sources[0]
-    # SCImage.from_ref_dataset's copying, without its scan of highdicom's IOD tables (write/equipment.py)
-    sc = hd.sc.SCImage(
-        **study_arguments(first),
-        pixel_array=picture,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
+    sc = HeatmapSC(
+        study_arguments(first),
+        picture,
         series_instance_uid=series_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=sop_instance_uid or generate_uid(),
@@ -100,10 +97,7 @@ def build_heatmap_sc(
         manufacturer=MANUFACTURER,
         manufacturer_model_name=model.name,
         software_versions=model.version,
-        # highdicom only takes single-letter orientations; the real value is set just below
-        patient_orientation=("L", "F"),
         series_description=series_description("AI heatmap", model),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=acquisition_first(first, [contributing_equipment(model)]),
     )
     sc.PatientOrientation = list(orientation) if orientation else None

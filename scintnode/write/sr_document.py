@@ -5,9 +5,10 @@ besides deep-copies it and converts the copy back into its own classes (for its 
 which nothing here reads), then searches the tree twice for image references, building and validating a
 highdicom ContentItem per node on each pass. For a thyroid report that was 17 of the 19 ms the constructor
 took, about as long as the thyroid network itself. `PreliminaryComprehensive3DSR` fills the same modules
-through highdicom's documented extension point (`highdicom.SOPClass`, its patient and study copying, its
-Contributing Equipment, with the camera's entry from write/equipment.py) and finds the references with plain
-attribute reads. Given the tree as Items (write/content_items.py), it holds the content already encoded.
+as a `highdicom.SOPClass` (its shared modules set by write/sop_common.py, then highdicom's patient and study
+copying and its Contributing Equipment, with the camera's entry from write/equipment.py) and finds the
+references with plain attribute reads. Given the tree as Items (write/content_items.py), it holds the
+content already encoded.
 `tests/test_write_sr_document.py` requires its output to equal the constructor's, element by element, and
 `tests/test_write_content_items.py` the file from Items to equal the file from their Datasets.
 """
@@ -20,11 +21,12 @@ import highdicom as hd
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
+from pydicom.uid import Comprehensive3DSRStorage
 
 from scintnode.write.content_items import Item, encode_sequence, referenced_instance_uids, to_dataset
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.part10 import keeps_ascii
+from scintnode.write.sop_common import start_document
 from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.unlisted_classes import as_listed_class
 
@@ -59,16 +61,16 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
         if len(content) != 1:
             raise ValueError(f"the content must be a single root container, got {len(content)} items")
         first = evidence[0]
-        super().__init__(
-            **study_arguments(first),
+        start_document(  # in place of SOPClass.__init__: the same attributes, without its checks' cost
+            self,
+            study_arguments(first),
+            sop_class_uid=Comprehensive3DSRStorage,
+            modality="SR",
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
-            sop_class_uid=Comprehensive3DSRStorage,
             instance_number=instance_number,
             manufacturer=manufacturer,
-            modality="SR",
-            transfer_syntax_uid=ExplicitVRLittleEndian,
             series_description=series_description,
         )
         carry_character_set(self, first)  # before the content is encoded in it
