@@ -9,6 +9,7 @@ other character sets or that highdicom refuses."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from scintnode.infer import _encoded
 from scintnode.write import sc
 from scintnode.write.sc import build_heatmap_sc
 from scintnode.write.seg import build_key_image_sc
+from scintnode.write.sop_common import Placement
 from tests.test_ct_outputs import FixedMask, phases  # noqa: F401  (phases is a fixture)
 from tests.test_nm_header import thyroid_source, whole_body_source
 from tests.test_write_sr import retired_class_thyroid_source, thyroid_finding
@@ -41,7 +43,7 @@ _MOMENTS = (
 )
 
 
-def scimage(study: dict[str, Any], picture: np.ndarray, **placement: Any) -> hd.sc.SCImage:
+def scimage(study: dict[str, Any], picture: np.ndarray, placement: Placement, **equipment: Any) -> hd.sc.SCImage:
     """The reference: highdicom's constructor, with the arguments build_heatmap_sc gave it before."""
     return hd.sc.SCImage(
         **study,
@@ -51,7 +53,8 @@ def scimage(study: dict[str, Any], picture: np.ndarray, **placement: Any) -> hd.
         coordinate_system="PATIENT",
         patient_orientation=("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        **placement,
+        **dataclasses.asdict(placement),
+        **equipment,
     )
 
 
@@ -137,20 +140,9 @@ def test_the_ct_key_image(phases: tuple[list[Dataset], list[Dataset]], monkeypat
 
 
 def test_a_picture_that_is_not_rgb_8_bit_is_refused() -> None:
+    placement = Placement("1.2.3", 1, "1.2.3.4", 1, "scintnode", "d")
     with pytest.raises(ValueError, match="RGB uint8"):
-        sc.HeatmapSC({}, np.zeros((4, 4), np.uint8), **_placement())
+        sc.HeatmapSC({}, np.zeros((4, 4), np.uint8), placement, manufacturer_model_name="m", software_versions="1")
+    too_long = dataclasses.replace(placement, series_description="x" * 65)
     with pytest.raises(ValueError, match="LO holds"):
-        sc.HeatmapSC({}, np.zeros((4, 4, 3), np.uint8), **{**_placement(), "series_description": "x" * 65})
-
-
-def _placement() -> dict[str, Any]:
-    return {
-        "series_instance_uid": "1.2.3",
-        "series_number": 1,
-        "sop_instance_uid": "1.2.3.4",
-        "instance_number": 1,
-        "manufacturer": "scintnode",
-        "manufacturer_model_name": "m",
-        "software_versions": "1",
-        "series_description": "d",
-    }
+        sc.HeatmapSC({}, np.zeros((4, 4, 3), np.uint8), too_long, manufacturer_model_name="m", software_versions="1")

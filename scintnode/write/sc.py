@@ -23,6 +23,7 @@ from scintnode.write import unlisted_classes
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
 from scintnode.write.sc_document import HeatmapSC
+from scintnode.write.sop_common import Placement
 from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
 from scintnode.write.unlisted_classes import as_listed_class
@@ -87,17 +88,20 @@ def build_heatmap_sc(
         orientation = patient_orientation(source, frame)
     model = finding.model
     first = sources[0]
+    placement = Placement(
+        series_uid or generate_uid(),
+        series_number,
+        sop_instance_uid or generate_uid(),
+        instance_number,
+        MANUFACTURER,
+        series_description("AI heatmap", model),
+    )
     sc = HeatmapSC(
         study_arguments(first),
         picture,
-        series_instance_uid=series_uid or generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
+        placement,
         manufacturer_model_name=model.name,
         software_versions=model.version,
-        series_description=series_description("AI heatmap", model),
         contributing_equipment=acquisition_first(first, [contributing_equipment(model)]),
     )
     sc.PatientOrientation = list(orientation) if orientation else None

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.uid import SecondaryCaptureImageStorage
 from pydicom.valuerep import DA, TM
 
-from scintnode.write.sop_common import start_document
+from scintnode.write.sop_common import Placement, start_document
 
 
 class HeatmapSC(hd.SOPClass):  # type: ignore[misc]  # highdicom is not followed (pyproject)
@@ -33,15 +33,10 @@ class HeatmapSC(hd.SOPClass):  # type: ignore[misc]  # highdicom is not followed
         self,
         study: dict[str, Any],
         picture: np.ndarray,
+        placement: Placement,
         *,
-        series_instance_uid: str,
-        series_number: int,
-        sop_instance_uid: str,
-        instance_number: int,
-        manufacturer: str,
         manufacturer_model_name: str,
         software_versions: str,
-        series_description: str,
         contributing_equipment: Sequence[hd.ContributingEquipment] = (),
     ) -> None:
         if picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
@@ -49,14 +44,9 @@ class HeatmapSC(hd.SOPClass):  # type: ignore[misc]  # highdicom is not followed
         now = start_document(  # in place of SOPClass.__init__
             self,
             study,
+            placement,
             sop_class_uid=SecondaryCaptureImageStorage,
             modality="OT",
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
-            manufacturer=manufacturer,
-            series_description=series_description,
             manufacturer_model_name=manufacturer_model_name,
             software_versions=software_versions,
         )

@@ -12,6 +12,7 @@ work on it. The callers' tests hold the files equal to highdicom's: tests/test_w
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
@@ -25,18 +26,25 @@ from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VE
 _LONG_STRING = 64
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a result goes and who made it: its series, its instance and the equipment's manufacturer."""
+
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    manufacturer: str
+    series_description: str
+
+
 def start_document(
     document: hd.SOPClass,
     study: dict[str, Any],
+    placement: Placement,
     *,
     sop_class_uid: str,
     modality: str,
-    series_instance_uid: str,
-    series_number: int,
-    sop_instance_uid: str,
-    instance_number: int,
-    manufacturer: str,
-    series_description: str,
     manufacturer_model_name: str | None = None,
     software_versions: str | None = None,
 ) -> datetime.datetime:
@@ -44,21 +52,23 @@ def start_document(
     Little Endian; ``study`` is `source_study.study_arguments` of its first source. Returns the moment it
     was made (Instance Creation and Content Date and Time)."""
     for name, text in (
-        ("series description", series_description),
-        ("manufacturer", manufacturer),
+        ("series description", placement.series_description),
+        ("manufacturer", placement.manufacturer),
         ("model name", manufacturer_model_name or ""),
         ("software version", software_versions or ""),
     ):
         if len(text) > _LONG_STRING:
             raise ValueError(f"the {name} is longer than the {_LONG_STRING} characters LO holds: {text!r}")
-    if series_number < 1 or instance_number < 1:
-        raise ValueError(f"series and instance numbers start at 1, got {series_number} and {instance_number}")
+    if placement.series_number < 1 or placement.instance_number < 1:
+        raise ValueError(
+            f"series and instance numbers start at 1, got {placement.series_number} and {placement.instance_number}"
+        )
     Dataset.__init__(document)
     document.preamble = b"\x00" * 128
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPInstanceUID = placement.sop_instance_uid
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
@@ -74,18 +84,18 @@ def start_document(
     document.StudyDate = DA(study["study_date"]) if study["study_date"] is not None else None
     document.StudyTime = TM(study["study_time"]) if study["study_time"] is not None else None
     document.ReferringPhysicianName = study["referring_physician_name"]
-    document.SeriesInstanceUID = str(series_instance_uid)
-    document.SeriesNumber = series_number
+    document.SeriesInstanceUID = str(placement.series_instance_uid)
+    document.SeriesNumber = placement.series_number
     document.Modality = modality
-    document.SeriesDescription = series_description
-    document.Manufacturer = manufacturer
+    document.SeriesDescription = placement.series_description
+    document.Manufacturer = placement.manufacturer
     if manufacturer_model_name is not None:
         document.ManufacturerModelName = manufacturer_model_name
     if software_versions is not None:
         document.SoftwareVersions = software_versions
-    document.SOPInstanceUID = str(sop_instance_uid)
+    document.SOPInstanceUID = str(placement.sop_instance_uid)
     document.SOPClassUID = sop_class_uid
-    document.InstanceNumber = instance_number
+    document.InstanceNumber = placement.instance_number
     now = datetime.datetime.now()
     document.InstanceCreationDate = DA(now.date())
     document.InstanceCreationTime = TM(now.time())

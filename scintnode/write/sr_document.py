@@ -26,7 +26,7 @@ from pydicom.uid import Comprehensive3DSRStorage
 from scintnode.write.content_items import Item, encode_sequence, referenced_instance_uids, to_dataset
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.part10 import keeps_ascii
-from scintnode.write.sop_common import start_document
+from scintnode.write.sop_common import Placement, start_document
 from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.unlisted_classes import as_listed_class
 
@@ -61,18 +61,11 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
         if len(content) != 1:
             raise ValueError(f"the content must be a single root container, got {len(content)} items")
         first = evidence[0]
-        start_document(  # in place of SOPClass.__init__: the same attributes, without its checks' cost
-            self,
-            study_arguments(first),
-            sop_class_uid=Comprehensive3DSRStorage,
-            modality="SR",
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
-            manufacturer=manufacturer,
-            series_description=series_description,
+        placement = Placement(
+            series_instance_uid, series_number, sop_instance_uid, instance_number, manufacturer, series_description
         )
+        # in place of SOPClass.__init__: the same attributes, without its checks' cost
+        start_document(self, study_arguments(first), placement, sop_class_uid=Comprehensive3DSRStorage, modality="SR")
         carry_character_set(self, first)  # before the content is encoded in it
         self.CompletionFlag = "COMPLETE"
         self.VerificationFlag = "UNVERIFIED"
