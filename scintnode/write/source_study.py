@@ -1,15 +1,14 @@
 """The patient and study a result joins, as the arguments highdicom's `SOPClass` takes: copied from the
 source image (or first piece of evidence) the result is derived from. The SR, SEG and SC documents share it.
 
-highdicom checks some of these values as it sets them: a Patient's Sex other than M, F or O, a date or
-time that is not DICOM's (``19800230``, ``2026-12-07``), a name of several values, or a Specific Character
-Set it does not list (empty,
-``\\ISO 2022 IR 87`` with its empty first value, ``ISO_IR 6``) raises, and a Type 2 attribute the source
-lacks would raise here. Cameras and anonymisers send all of these. One such header cost a job all its
-results after its network had run. Such a value is passed as empty instead, and each document then copies
-the source's patient and study attributes as they are (`copy_patient_and_study_information`) and its
-character set (`carry_character_set`), so the results carry what the source carries and PACS files them
-beside it."""
+highdicom checks some of these values as it sets them, and raises on values cameras and anonymisers send: a
+Patient's Sex other than M, F or O, a date or time not in DICOM's form (``19800230``, ``2026-12-07``), a
+name of several values, a Specific Character Set it does not list (empty, ``ISO_IR 6``, or the standard
+``\\ISO 2022 IR 87`` with its empty first value); a Type 2 attribute the source lacks raised here. One such
+header cost a job all its results after its network had run. Such a value is now passed as empty, and each
+document then copies the source's patient and study attributes as they are
+(`copy_patient_and_study_information`) and its character set (`carry_character_set`), so the results carry
+what the source carries and PACS files them beside it."""
 
 from __future__ import annotations
 
