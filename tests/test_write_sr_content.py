@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     PYDICOM_ROOT_UID,
     DigitalXRayImageStorageForPresentation,
@@ -138,11 +139,8 @@ def assert_encoded_as_its_datasets(root: Item) -> None:
     """The root's content, encoded from its Items, is the Content Sequence its Datasets are written as."""
     content = encode_sequence(root.get("ContentSequence"))
     assert content is not None, "the content went the slow way, through Datasets"
-    raw = RawDataElement(sr_content_sequence_tag, "SQ", len(content), content, 0, False, True)
+    raw = RawDataElement(BaseTag(0x0040A730), "SQ", len(content), content, 0, False, True)
     assert _encoded(raw) == _encoded(to_dataset(root)["ContentSequence"])
-
-
-sr_content_sequence_tag = DataElement(0x0040A730, "SQ", []).tag
 
 
 def _assert_equal_to_highdicoms(
