@@ -23,10 +23,9 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.valuerep import DSdecimal, DSfloat
 
-_ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, little endian
+from scintnode.write.part10 import BINARY_FORMATS, ITEM, element_header, padded_ascii
+
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UR", "UT"})
-_LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-_BINARY_FORMATS = {"US": "H", "UL": "I", "SS": "h", "SL": "i", "FL": "f", "FD": "d"}
 
 
 class Item:
@@ -81,7 +80,7 @@ def _dataset_value(value: Any) -> Any:
 def _sequence_parts(items: Sequence[Item]) -> Iterator[bytes]:
     for item in items:
         body = b"".join(_item_parts(item))
-        yield _ITEM
+        yield ITEM
         yield struct.pack("<I", len(body))
         yield body
 
@@ -89,22 +88,20 @@ def _sequence_parts(items: Sequence[Item]) -> Iterator[bytes]:
 def _item_parts(item: Item) -> Iterator[bytes]:
     for tag, vr, value in sorted((*_attribute(keyword), value) for keyword, value in item.elements.items()):
         encoded = b"".join(_sequence_parts(value)) if vr == "SQ" else _value(vr, value)
-        if vr in _LONG_LENGTH_VRS:
-            yield struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(encoded))
-        elif len(encoded) > 0xFFFF:
+        header = element_header(tag, vr, len(encoded))
+        if header is None:
             raise _NeedsDatasets
-        else:
-            yield struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(encoded))
+        yield header
         yield encoded
 
 
 def _value(vr: str, value: Any) -> bytes:
     """The bytes of one element's value as pydicom converts and writes it."""
-    if vr in _BINARY_FORMATS:
+    if vr in BINARY_FORMATS:
         values = value if isinstance(value, list | tuple) else [value]
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             raise _NeedsDatasets
-        return struct.pack(f"<{len(values)}{_BINARY_FORMATS[vr]}", *values)
+        return struct.pack(f"<{len(values)}{BINARY_FORMATS[vr]}", *values)
     if vr in ("DS", "IS"):
         values = value if isinstance(value, list | tuple) else [value]
         # an int becomes an IS as its digits; a DS is written as pydicom formatted it (auto-format or as given)
@@ -120,9 +117,7 @@ def _value(vr: str, value: Any) -> bytes:
         raise _NeedsDatasets
     if not text.isascii():
         raise _NeedsDatasets
-    if len(text) % 2:
-        text += "\0" if vr == "UI" else " "
-    return text.encode("ascii")
+    return padded_ascii(text, vr)
 
 
 @functools.cache

@@ -31,12 +31,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 _PREAMBLE = b"\x00" * 128
-_ITEM = b"\xfe\xff\x00\xe0"
+ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian, before each item's 32-bit length
 _ASCII_SAFE_ENCODINGS = frozenset({default_encoding, "latin_1", "utf_8"})
 _STRING_VRS = frozenset({"AE", "AS", "CS", "UR", "DA", "DT", "TM"})  # pydicom's write_string (DA.. when str)
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})  # pydicom's write_text: the character set applies
 _NUMBER_STRING_VRS = frozenset({"DS", "IS"})
-_BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
+BINARY_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _LONG_LENGTH_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 
@@ -88,6 +88,23 @@ def keeps_ascii(character_set: str | list[str] | None) -> bool:
     return len(encodings) == 1 and encodings[0] in _ASCII_SAFE_ENCODINGS
 
 
+def element_header(tag: int, vr: str, length: int) -> bytes | None:
+    """Tag, VR and length of an explicit VR little endian element; None where the length does not fit the
+    VR's 16-bit field (pydicom then writes the element as UN)."""
+    if vr in _LONG_LENGTH_VRS:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, length)
+    if length > 0xFFFF:
+        return None
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), length)
+
+
+def padded_ascii(text: str, vr: str) -> bytes:
+    """ASCII text padded to an even length as pydicom pads it: UI with a NUL, the rest with a space."""
+    if len(text) % 2:
+        text += "\0" if vr == "UI" else " "
+    return text.encode("ascii")
+
+
 def _pydicom_file(ds: Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -133,14 +150,10 @@ def _append_raw(element: RawDataElement, ds: Dataset, out: list[bytes]) -> None:
         raise _NeedsPydicom
     if element.is_buffered or element.length == 0xFFFFFFFF:
         raise _NeedsPydicom
-    value = element.value
-    if element.VR in _LONG_LENGTH_VRS:
-        header = struct.pack("<HH2sHI", element.tag >> 16, element.tag & 0xFFFF, element.VR.encode(), 0, len(value))
-    elif len(value) > 0xFFFF:
+    header = element_header(element.tag, element.VR, len(element.value))
+    if header is None:
         raise _NeedsPydicom
-    else:
-        header = struct.pack("<HH2sH", element.tag >> 16, element.tag & 0xFFFF, element.VR.encode(), len(value))
-    out += (header, value)
+    out += (header, element.value)
 
 
 def _append_element(
@@ -158,19 +171,16 @@ def _append_element(
             body: list[bytes] = []
             _encode_dataset(item, encodings, lineage, body)
             encoded = b"".join(body)
-            items += (_ITEM, struct.pack("<I", len(encoded)), encoded)
+            items += (ITEM, struct.pack("<I", len(encoded)), encoded)
         value = b"".join(items)
     else:
         encoded_value = _plain_value(element, vr, ascii_safe)
         if encoded_value is None:
             return False
         value = encoded_value
-    if vr in _LONG_LENGTH_VRS:
-        header = struct.pack("<HH2sHI", element.tag >> 16, element.tag & 0xFFFF, vr.encode(), 0, len(value))
-    elif len(value) > 0xFFFF:
+    header = element_header(element.tag, vr, len(value))
+    if header is None:
         return False  # pydicom writes it as UN, with a warning
-    else:
-        header = struct.pack("<HH2sH", element.tag >> 16, element.tag & 0xFFFF, vr.encode(), len(value))
     out += (header, value)
     return True
 
@@ -182,8 +192,8 @@ def _plain_value(element: DataElement, vr: str, ascii_safe: bool) -> bytes | Non
     value = element.value
     if element.is_empty:
         return b""
-    if vr in _BINARY_FORMATS:
-        code = _BINARY_FORMATS[vr]
+    if vr in BINARY_FORMATS:
+        code = BINARY_FORMATS[vr]
         if isinstance(value, int | float) and not isinstance(value, bool):
             return struct.pack("<" + code, value)
         if isinstance(value, MultiValue | list) and not (vr == "SS" and len(value) == 3):
@@ -198,9 +208,7 @@ def _plain_value(element: DataElement, vr: str, ascii_safe: bool) -> bytes | Non
         return None
     if vr in _TEXT_VRS and not ascii_safe:
         return None
-    if len(text) % 2:
-        text += "\0" if vr == "UI" else " "
-    return text.encode("ascii")
+    return padded_ascii(text, vr)
 
 
 def _joined(value: object, vr: str) -> str | None:
