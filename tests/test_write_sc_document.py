@@ -2,7 +2,7 @@
 (only the moments it was made may differ, and are aligned before comparing).
 
 The reference is `SCImage` itself, put in HeatmapSC's place inside `build_heatmap_sc`, so everything around the
-constructor (the true orientation, the character set, the patient and study copy, the references) runs alike
+constructor (the true orientation, the patient and study copy, the references) runs alike
 on both sides: for every planar network's results on its demo studies, the CT key image, and headers in
 other character sets or that highdicom refuses."""
 
@@ -26,6 +26,7 @@ from scintnode.write import sc
 from scintnode.write.sc import build_heatmap_sc
 from scintnode.write.seg import build_key_image_sc
 from scintnode.write.sop_common import Placement
+from scintnode.write.source_study import carry_character_set, study_arguments
 from tests.test_ct_outputs import FixedMask, phases  # noqa: F401  (phases is a fixture)
 from tests.test_nm_header import thyroid_source, whole_body_source
 from tests.test_write_sr import retired_class_thyroid_source, thyroid_finding
@@ -43,10 +44,11 @@ _MOMENTS = (
 )
 
 
-def scimage(study: dict[str, Any], picture: np.ndarray, placement: Placement, **equipment: Any) -> hd.sc.SCImage:
-    """The reference: highdicom's constructor, with the arguments build_heatmap_sc gave it before."""
-    return hd.sc.SCImage(
-        **study,
+def scimage(source: Dataset, picture: np.ndarray, placement: Placement, **equipment: Any) -> hd.sc.SCImage:
+    """The reference: highdicom's constructor, with the arguments build_heatmap_sc gave it before, then the
+    source's character set carried as it is, as every result carries it."""
+    document = hd.sc.SCImage(
+        **study_arguments(source),
         pixel_array=picture,
         photometric_interpretation="RGB",
         bits_allocated=8,
@@ -56,6 +58,8 @@ def scimage(study: dict[str, Any], picture: np.ndarray, placement: Placement, **
         **dataclasses.asdict(placement),
         **equipment,
     )
+    carry_character_set(document, source)
+    return document
 
 
 def _both(build: Callable[[], Dataset], monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, bytes]:

@@ -24,7 +24,6 @@ from scintnode.write.equipment import acquisition_first
 from scintnode.write.overlay import PanelPicture, render_overlay, render_panels
 from scintnode.write.sc_document import HeatmapSC
 from scintnode.write.sop_common import Placement
-from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.sr import MANUFACTURER, check_inputs, contributing_equipment, series_description
 from scintnode.write.unlisted_classes import as_listed_class
 
@@ -97,7 +96,7 @@ def build_heatmap_sc(
         series_description("AI heatmap", model),
     )
     sc = HeatmapSC(
-        study_arguments(first),
+        first,
         picture,
         placement,
         manufacturer_model_name=model.name,
@@ -105,7 +104,6 @@ def build_heatmap_sc(
         contributing_equipment=acquisition_first(first, [contributing_equipment(model)]),
     )
     sc.PatientOrientation = list(orientation) if orientation else None
-    carry_character_set(sc, first)
     sc.copy_patient_and_study_information(as_listed_class(first))  # as the source has them, as the SR does
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID

@@ -13,10 +13,10 @@ byte for byte.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 from pydicom.valuerep import DA, TM
 
@@ -24,14 +24,13 @@ from scintnode.write.sop_common import Placement, start_document
 
 
 class HeatmapSC(hd.SOPClass):  # type: ignore[misc]  # highdicom is not followed (pyproject)
-    """An RGB 8-bit picture as a Secondary Capture Image in the study that ``study`` describes.
+    """An RGB 8-bit picture as a Secondary Capture Image in the study of ``source``, the result's first source.
 
-    ``study``: `source_study.study_arguments` of the result's first source. Patient Orientation is set to
-    (L, F) as highdicom requires one; the caller sets the true value, or none."""
+    Patient Orientation is set to (L, F) as highdicom requires one; the caller sets the true value, or none."""
 
     def __init__(
         self,
-        study: dict[str, Any],
+        source: Dataset,
         picture: np.ndarray,
         placement: Placement,
         *,
@@ -43,7 +42,7 @@ class HeatmapSC(hd.SOPClass):  # type: ignore[misc]  # highdicom is not followed
             raise ValueError(f"a heatmap picture is RGB uint8 (rows, columns, 3), got {picture.dtype} {picture.shape}")
         now = start_document(  # in place of SOPClass.__init__
             self,
-            study,
+            source,
             placement,
             sop_class_uid=SecondaryCaptureImageStorage,
             modality="OT",

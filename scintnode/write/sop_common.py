@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any
 
 import highdicom as hd
 from highdicom.enum import PatientSexValues
@@ -22,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
 from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from scintnode.write.source_study import carry_character_set, study_arguments
 
 _LONG_STRING = 64
 
@@ -40,7 +40,7 @@ class Placement:
 
 def start_document(
     document: hd.SOPClass,
-    study: dict[str, Any],
+    source: Dataset,
     placement: Placement,
     *,
     sop_class_uid: str,
@@ -49,8 +49,9 @@ def start_document(
     software_versions: str | None = None,
 ) -> datetime.datetime:
     """Initialise ``document`` (whose `SOPClass.__init__` was not run) with the shared modules, Explicit VR
-    Little Endian; ``study`` is `source_study.study_arguments` of its first source. Returns the moment it
-    was made (Instance Creation and Content Date and Time)."""
+    Little Endian, for the patient and study of ``source`` (its first source), in the character set of
+    ``source`` as it is (`carry_character_set`). Returns the moment it was made (Instance Creation and Content
+    Date and Time)."""
     for name, text in (
         ("series description", placement.series_description),
         ("manufacturer", placement.manufacturer),
@@ -73,6 +74,7 @@ def start_document(
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     document.file_meta = meta
+    study = study_arguments(source)
     sex = study["patient_sex"]
     document.PatientID = study["patient_id"]
     document.PatientName = study["patient_name"]
@@ -99,8 +101,7 @@ def start_document(
     now = datetime.datetime.now()
     document.InstanceCreationDate = DA(now.date())
     document.InstanceCreationTime = TM(now.time())
-    if study["specific_character_set"] is not None:
-        document.SpecificCharacterSet = study["specific_character_set"]
+    carry_character_set(document, source)
     document.ContentDate = DA(now.date())  # both IODs here have Content Date and Time
     document.ContentTime = TM(now.time())
     return now

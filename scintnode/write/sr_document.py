@@ -27,7 +27,6 @@ from scintnode.write.content_items import Item, encode_sequence, referenced_inst
 from scintnode.write.equipment import acquisition_first
 from scintnode.write.part10 import keeps_ascii
 from scintnode.write.sop_common import Placement, start_document
-from scintnode.write.source_study import carry_character_set, study_arguments
 from scintnode.write.unlisted_classes import as_listed_class
 
 _CONTENT_SEQUENCE = BaseTag(0x0040A730)
@@ -65,8 +64,8 @@ class PreliminaryComprehensive3DSR(hd.SOPClass):  # type: ignore[misc]  # highdi
             series_instance_uid, series_number, sop_instance_uid, instance_number, manufacturer, series_description
         )
         # in place of SOPClass.__init__: the same attributes, without its checks' cost
-        start_document(self, study_arguments(first), placement, sop_class_uid=Comprehensive3DSRStorage, modality="SR")
-        carry_character_set(self, first)  # before the content is encoded in it
+        # in the source's character set, before the content is encoded in it
+        start_document(self, first, placement, sop_class_uid=Comprehensive3DSRStorage, modality="SR")
         self.CompletionFlag = "COMPLETE"
         self.VerificationFlag = "UNVERIFIED"
         self.PreliminaryFlag = "PRELIMINARY"
