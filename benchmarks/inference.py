@@ -6,13 +6,16 @@ several times over. The network's own figure is its forward pass, as the network
 in the job is "outside", as the issue counts it (decode, preprocessing, Grad-CAM, writing DICOM), of which
 Grad-CAM and the DICOM writing (SR, SC, SEG) are shown apart.
 Throughput is jobs per second, one after another in one thread, as the node's single worker runs them.
-The device is recorded (a CUDA GPU when torch sees one).
+The networks run where `--device` says, as the node's `inference_device` setting does (default auto: a CUDA GPU
+when torch sees one, else the CPU), and the device is recorded. On a GPU each forward pass is timed up to the
+GPU's finishing it.
 
 `--paper-size` runs the networks shipped below their paper's input size (trained on 2 CPU cores) at that
 size instead, with untrained random weights: their predictions mean nothing, but the job's time and its
 share outside the network are what a site's paper-size weights would cost on this machine.
 
     .venv/bin/python -m benchmarks.inference [--repeats 5] [--network thyroid-resnet34 ...] [--paper-size]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from scintnode.demo_cases import CASES, DemoStudy
 from scintnode.heap_reuse import keep_freed_memory_for_reuse
 from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.infer import run_network
+from scintnode.models.device import inference_device
 from scintnode.models.registry import Network, default_registry
 
 # The slot each file of a demo study fills, by network and association (episodes only).
@@ -103,9 +107,9 @@ def measure(network: Network, name: str, jobs: list[Job], repeats: int, label: s
     )
 
 
-def paper_size_networks() -> dict[str, tuple[str, Network]]:
-    """The networks shipped below their paper's input size, rebuilt at that size with untrained weights,
-    each with the name its row is printed under. Dscint and the CT U-Net already run at their papers' sizes."""
+def paper_size_networks(on: torch.device) -> dict[str, tuple[str, Network]]:
+    """The networks shipped below their paper's input size, rebuilt at that size with untrained weights on device
+    `on`, each with the name its row is printed under. Dscint and the CT U-Net already run at their papers' sizes."""
     from scintnode.models import i131_neck, paranet, thyroid
 
     untrained = "untrained"
@@ -114,27 +118,33 @@ def paper_size_networks() -> dict[str, tuple[str, Network]]:
         # Paper 002 does not state its input size; 224 px is the standard input of the ResNet-34 it names.
         "thyroid-resnet34": (
             "thyroid-resnet34 at 224 px, untrained",
-            thyroid.ThyroidNetwork(thyroid.ThyroidResNet34(), thyroid.model_spec(untrained, untrained), 224),
+            thyroid.ThyroidNetwork(thyroid.ThyroidResNet34().to(on), thyroid.model_spec(untrained, untrained), 224),
         ),
         # Paper 004: "each image ... is sized to 224 x 224 for ResNet-18 training".
         "i131-neck-resnet18": (
             "i131-neck-resnet18 at 224 px, untrained",
-            i131_neck.I131NeckNetwork(i131_neck.ResidualResNet18(), i131_neck.model_spec(untrained, untrained), 224),
+            i131_neck.I131NeckNetwork(
+                i131_neck.ResidualResNet18().to(on), i131_neck.model_spec(untrained, untrained), 224
+            ),
         ),
         # Paper 000: three VGG19 paths at 350 px; it runs the same episodes as the small variant.
         "paranet-small": (
             f"paranet (3x VGG19) at {full.image_size} px, untrained",
             paranet.ParaNetNetwork(
-                paranet.build(full.name), paranet.model_spec(full.name, untrained, untrained, True), full.image_size
+                paranet.build(full.name).to(on),
+                paranet.model_spec(full.name, untrained, untrained, True),
+                full.image_size,
             ),
         ),
     }
 
 
-def device() -> str:
-    if torch.cuda.is_available():
-        return f"CUDA {torch.cuda.get_device_name(0)}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s)"
+def describe(on: torch.device) -> str:
+    """The device the networks run on, as the results record it; the CPU's torch threads do the rest anyway."""
+    cpu = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s)"
+    if on.type == "cuda":
+        return f"CUDA {torch.cuda.get_device_name(on)} (decode, preprocessing and writing on the {cpu})"
+    return cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,12 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paper-size", action="store_true", help="networks shipped smaller run at their paper's size, untrained"
     )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the networks run, as the node's inference_device setting: "
+        "auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",
+    )
     args = parser.parse_args(argv)
     avoid_numpy_huge_pages()  # as the node's process does
     keep_freed_memory_for_reuse()
-    registry = default_registry()
-    resized = paper_size_networks() if args.paper_size else {}
-    print(f"device: {device()}, torch {torch.__version__}; synthetic studies")
+    on = inference_device(args.device)
+    registry = default_registry(args.device)
+    resized = paper_size_networks(on) if args.paper_size else {}
+    print(f"device: {describe(on)}, torch {torch.__version__}; synthetic studies")
     print(
         "| network | jobs | job median ms | job p95 ms | network median ms | Grad-CAM median ms "
         "| DICOM writing median ms | share outside the network | jobs/s |"

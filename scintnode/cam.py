@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from scintnode.models.device import finish_queued_work, model_device
+
 Method = Literal["gradcam", "gradcam++"]
 Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
 
@@ -27,7 +29,7 @@ Hook = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
 class CamResult:
     """Logits of the forward pass and, per target layer, one class activation map per batch item."""
 
-    logits: Tensor  # (N, classes), detached
+    logits: Tensor  # (N, classes), detached, on the CPU
     class_indices: tuple[int, ...]  # the class each map explains
     layer_maps: dict[str, np.ndarray]  # target layer -> (N, h, w) float32, >= 0, not normalised
     forward_ms: float  # the forward pass these maps explain
@@ -112,13 +114,17 @@ class ClassActivationMap:
         return self.explain(class_index)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Run `model` on `x`; returns the (N, classes) logits, detached. `explain` may follow once."""
+        """Run `model` on `x` (moved to the model's device); returns the (N, classes) logits, detached, on that
+        device. `explain` may follow once."""
         if not self._handles:
             raise RuntimeError("use ClassActivationMap inside a `with` block")
         self._activations = {}
+        device = model_device(self.model)
+        x = x.detach().to(device)
         started = time.perf_counter()
         with torch.enable_grad():
-            logits = self.model(x.detach())
+            logits = self.model(x)
+        finish_queued_work(device)
         self._forward_ms = (time.perf_counter() - started) * 1000.0
         missing = [name for name in self.target_layers if name not in self._activations]
         if missing:
@@ -141,17 +147,19 @@ class ClassActivationMap:
         else:
             if not 0 <= class_index < logits.shape[1]:
                 raise ValueError(f"class index {class_index} outside 0..{logits.shape[1] - 1}")
-            indices = torch.full((logits.shape[0],), class_index, dtype=torch.long)
+            indices = torch.full((logits.shape[0],), class_index, dtype=torch.long, device=logits.device)
         activations = [self._activations[name] for name in self.target_layers]
         with torch.enable_grad():
             score = logits.gather(1, indices[:, None]).sum()
             grads = torch.autograd.grad(score, activations)
         layer_maps = {
-            name: _combine(activation.detach(), grad.detach(), self.method).float().numpy()
+            name: _combine(activation.detach(), grad.detach(), self.method).float().cpu().numpy()
             for name, activation, grad in zip(self.target_layers, activations, grads, strict=True)
         }
         explain_ms = (time.perf_counter() - started) * 1000.0
-        return CamResult(logits.detach(), tuple(int(i) for i in indices), layer_maps, self._forward_ms, explain_ms)
+        return CamResult(
+            logits.detach().cpu(), tuple(int(i) for i in indices), layer_maps, self._forward_ms, explain_ms
+        )
 
 
 def _combine(activation: Tensor, grads: Tensor, method: Method) -> Tensor:

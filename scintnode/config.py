@@ -5,6 +5,7 @@ No global settings object: the node builds one Settings and hands the parts each
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+_INFERENCE_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 class ConfigError(ValueError):
@@ -26,6 +28,13 @@ def _ae_title(value: str) -> str:
     value = value.strip()
     if not 0 < len(value) <= 16 or "\\" in value or not value.isascii():
         raise ValueError(f"AE title {value!r} must be 1 to 16 ASCII characters without backslash")
+    return value
+
+
+def check_inference_device(value: str) -> str:
+    """`auto`, `cpu`, `cuda` or `cuda:N`, checked without torch: a node whose rules use no network never imports it."""
+    if not _INFERENCE_DEVICE.fullmatch(value):
+        raise ValueError(f"inference_device must be auto, cpu, cuda or cuda:N (a GPU's index), not {value!r}")
     return value
 
 
@@ -155,6 +164,10 @@ class Settings(_Strict):
     job_time_limit_seconds: float = Field(900, gt=0)
     # load every network at start (a first job then pays no loading time); off for short-lived test nodes
     preload_networks: bool = False
+    # where the networks run: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N
+    inference_device: str = "auto"
+
+    _check_device = field_validator("inference_device")(classmethod(lambda cls, v: check_inference_device(v)))
 
     @property
     def database_url(self) -> str:

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from scintnode.config import Settings
+from scintnode.config import ConfigError, Settings
 from scintnode.db import Database
 from scintnode.metrics import Metrics
 from scintnode.models.catalog import network_names
@@ -43,7 +43,8 @@ class Node:
             )
         self.metrics = Metrics()
         self.metrics.watch_index(self.db)
-        self.registry = registry or default_registry()
+        self._check_inference_device()
+        self.registry = registry or default_registry(settings.inference_device)
         self.dispatcher = Dispatcher(
             self.db, self.spool.root, settings.destinations, settings.dispatch, settings.node.ae_title
         )
@@ -86,6 +87,17 @@ class Node:
 
     def _rule_networks(self) -> list[str]:
         return sorted({rule.network for rule in self.rule_set.rules})
+
+    def _check_inference_device(self) -> None:
+        """A GPU the config names but this machine lacks would fail every job: refuse to start instead."""
+        if self.settings.inference_device in ("auto", "cpu") or not self._rule_networks():
+            return
+        from scintnode.models.device import DeviceUnavailable, inference_device  # imports torch
+
+        try:
+            inference_device(self.settings.inference_device)
+        except DeviceUnavailable as exc:
+            raise ConfigError(str(exc)) from exc
 
     def _preload_networks(self) -> None:
         """Load every network the rules use, so no job pays for loading; a missing one is reported, not fatal."""

@@ -126,12 +126,16 @@ def test_the_ct_key_image_reads_its_slice_without_torch() -> None:
 
 
 def test_every_network_in_the_catalog_has_its_code_and_loader() -> None:
-    """The registry names each network's module and loader as text: each must exist, for every catalog name."""
+    """The registry names each network's module and loader as text: each must exist, for every catalog name, and
+    each that runs torch must take the device setting the registry hands it."""
     import importlib
+    import inspect
 
     from scintnode.models import registry
     from scintnode.models.catalog import network_names
 
     assert sorted(registry._SHIPPED) == sorted(network_names()) == list(registry.default_registry().names)
-    for module, loader, _ in registry._SHIPPED.values():
-        assert callable(getattr(importlib.import_module(module), loader))
+    for module, loader, _, runs_torch in registry._SHIPPED.values():
+        function = getattr(importlib.import_module(module), loader)
+        assert callable(function)
+        assert ("device" in inspect.signature(function).parameters) == runs_torch, loader

@@ -34,6 +34,7 @@ from scintnode.models.ct_volume import (
     reach_of,
     resample_to_grid,
 )
+from scintnode.models.device import DEFAULT_SETTING, inference_device, model_device
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.weights_file import file_sha256, load_float_state, save_half_precision
 
@@ -159,7 +160,7 @@ def predict_probability(
     ]
     boxes = [box for box in every_box if x[(slice(None), *box)].any()]
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.no_grad():
         for start in range(0, len(boxes), WINDOWS_PER_PASS):
             group = boxes[start : start + WINDOWS_PER_PASS]
@@ -287,8 +288,7 @@ class CTParathyroidNetwork:
     """The loaded U-Net; runs are serialised by a lock so one instance can serve the job runner."""
 
     def __init__(self, model: UNet3D, spec: ModelSpec, window_voxels: Sequence[int] = WINDOW_VOXELS) -> None:
-        # a GPU when the node has one; the sliding windows keep CPU memory bounded otherwise
-        self.model = model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        self.model = model.eval()  # runs where its weights are (`load_ct_parathyroid_network` puts them)
         self.spec = spec
         self.window_voxels = tuple(window_voxels)
         self._lock = threading.Lock()
@@ -419,9 +419,11 @@ def load_weights(path: Path) -> tuple[UNet3D, dict[str, Any]]:
     return model.eval(), meta
 
 
-def load_ct_parathyroid_network(path: Path = DEFAULT_WEIGHTS) -> CTParathyroidNetwork:
-    """The network from its committed weights (fp16 on disk, float32 in memory)."""
+def load_ct_parathyroid_network(path: Path = DEFAULT_WEIGHTS, device: str = DEFAULT_SETTING) -> CTParathyroidNetwork:
+    """The network from its committed weights (fp16 on disk, float32 in memory), on the device the
+    `inference_device` setting `device` names."""
     model, meta = load_weights(path)
+    model = model.to(inference_device(device))
     training = meta.get("training") or {}
     window = [int(v) for v in training.get("patch", WINDOW_VOXELS)]
     return CTParathyroidNetwork(model, model_spec(file_sha256(path), str(meta.get("version", VERSION))), window)

@@ -20,6 +20,7 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.finding import Finding, Hotspot, Panel
+from scintnode.models.device import DEFAULT_SETTING, finish_queued_work, inference_device, model_device
 from scintnode.models.nm_input import ImageNotUsable, PlanarFrame, pick_views, read_planar_frames
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.thyroid import file_sha256
@@ -208,7 +209,7 @@ class HeadGradCam:
     def maps(self, forward: CamForward, class_index: int) -> np.ndarray:
         """(N, h, w) Grad-CAM maps of `class_index` over relu5's grid, >= 0, not normalised."""
         weights = self.channel_weights(forward, class_index)
-        return torch.relu((weights[:, :, None, None] * forward.activation).sum(dim=1)).float().numpy()
+        return torch.relu((weights[:, :, None, None] * forward.activation).sum(dim=1)).float().cpu().numpy()
 
 
 def probabilities(logits: Tensor) -> Tensor:
@@ -345,10 +346,12 @@ class DscintNetwork:
     def run_episode(self, slots: Sequence[str], sources: Sequence[Dataset]) -> Finding:
         """As `run`, for single-view objects an episode paired; its slot names are views ("anterior", ...)."""
         passes = view_passes(sources, self.model.input_shape, slots)
-        x = to_network_input(np.stack([p.image for p in passes]))
+        device = model_device(self.model)
+        x = to_network_input(np.stack([p.image for p in passes])).to(device)
         with self._lock, torch.inference_mode():
             started = time.perf_counter()
             forward = self.model.forward_for_cam(x)
+            finish_queued_work(device)
             forward_ms = (time.perf_counter() - started) * 1000.0
             probs = probabilities(forward.logits).mean(dim=0)
             predicted_index = int(probs.argmax())
@@ -448,10 +451,12 @@ def model_spec(weights_sha256: str, version: str) -> ModelSpec:
     )
 
 
-def load_dscint_network(weights_path: Path | None = None) -> DscintNetwork:
-    """The network with the committed weights (scintnode/weights/dscint.pt) or those at `weights_path`."""
+def load_dscint_network(weights_path: Path | None = None, device: str = DEFAULT_SETTING) -> DscintNetwork:
+    """The network with the committed weights (scintnode/weights/dscint.pt) or those at `weights_path`, on the
+    device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     model, meta = load_weights(path)
+    model = model.to(inference_device(device))
     spec = model_spec(file_sha256(path), str(meta.get("version", "0")))
     if not meta.get("synthetic", True):
         spec = replace(spec, trained_on_synthetic=False)

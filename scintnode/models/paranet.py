@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from scintnode.cam import ClassActivationMap, Method, to_grid
 from scintnode.finding import Finding, Hotspot
 from scintnode.models import paranet_glands as glands
+from scintnode.models.device import DEFAULT_SETTING, inference_device
 from scintnode.models.nm_input import Upright
 from scintnode.models.paranet_input import (
     FIELD_MM,
@@ -342,11 +343,15 @@ def _hotspot(candidate: glands.Candidate, image: PreparedImage, size: int, phase
     )
 
 
-def load_paranet_network(name: str = "paranet-small", weights_path: Path | None = None) -> ParaNetNetwork:
-    """The variant `name` with its committed weights (scintnode/weights/<name>.pt) or those at `weights_path`."""
+def load_paranet_network(
+    name: str = "paranet-small", weights_path: Path | None = None, device: str = DEFAULT_SETTING
+) -> ParaNetNetwork:
+    """The variant `name` with its committed weights (scintnode/weights/<name>.pt) or those at `weights_path`, on
+    the device the `inference_device` setting `device` names."""
     variant = find_variant(name)
     path = Path(weights_path) if weights_path is not None else WEIGHTS_DIR / f"{variant.name}.pt"
     model, meta = load_weights(path)
+    model = model.to(inference_device(device))
     if str(meta.get("variant", variant.name)) != variant.name:
         raise ValueError(f"{path} holds weights of {meta.get('variant')}, not {variant.name}")
     spec = model_spec(variant.name, file_sha256(path), str(meta.get("version", "0")), bool(meta.get("synthetic", True)))

@@ -67,29 +67,33 @@ class Registry:
             importlib.import_module(module)
 
 
-# name -> (module, loader in it, the loader's arguments): the networks this build ships
-_SHIPPED: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "thyroid-resnet34": ("scintnode.models.thyroid", "load_thyroid_network", ()),
-    "i131-neck-resnet18": ("scintnode.models.i131_neck", "load_i131_neck_network", ()),
-    "input-check": ("scintnode.models.input_check", "load_input_check", ()),
-    "dscint": ("scintnode.models.dscint", "load_dscint_network", ()),
-    "ct-parathyroid-unet": ("scintnode.models.ct_unet", "load_ct_parathyroid_network", ()),
-    "paranet-small": ("scintnode.models.paranet", "load_paranet_network", ("paranet-small",)),
-    "paranet": ("scintnode.models.paranet", "load_paranet_network", ("paranet",)),
+# name -> (module, loader in it, the loader's arguments, whether it runs torch): the networks this build ships
+_SHIPPED: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
+    "thyroid-resnet34": ("scintnode.models.thyroid", "load_thyroid_network", (), True),
+    "i131-neck-resnet18": ("scintnode.models.i131_neck", "load_i131_neck_network", (), True),
+    "input-check": ("scintnode.models.input_check", "load_input_check", (), False),
+    "dscint": ("scintnode.models.dscint", "load_dscint_network", (), True),
+    "ct-parathyroid-unet": ("scintnode.models.ct_unet", "load_ct_parathyroid_network", (), True),
+    "paranet-small": ("scintnode.models.paranet", "load_paranet_network", ("paranet-small",), True),
+    "paranet": ("scintnode.models.paranet", "load_paranet_network", ("paranet",), True),
 }
 
 
-def _loader(module: str, function: str, arguments: tuple[str, ...]) -> Callable[[], Network]:
+def _loader(
+    module: str, function: str, arguments: tuple[str, ...], runs_torch: bool, device: str
+) -> Callable[[], Network]:
     def load() -> Network:
-        network: Network = getattr(importlib.import_module(module), function)(*arguments)
+        extra = {"device": device} if runs_torch else {}
+        network: Network = getattr(importlib.import_module(module), function)(*arguments, **extra)
         return network
 
     return load
 
 
-def default_registry() -> Registry:
-    """The networks this build ships, each loaded from its committed weights on first use."""
+def default_registry(device: str = "auto") -> Registry:
+    """The networks this build ships, each loaded from its committed weights on first use, onto the device the
+    node's `inference_device` setting names (`auto`: a CUDA GPU when torch sees one, else the CPU)."""
     return Registry(
-        {name: _loader(*entry) for name, entry in _SHIPPED.items()},
-        {name: module for name, (module, _, _) in _SHIPPED.items()},
+        {name: _loader(*entry, device) for name, entry in _SHIPPED.items()},
+        {name: module for name, (module, *_) in _SHIPPED.items()},
     )

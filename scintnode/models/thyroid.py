@@ -18,6 +18,7 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.finding import Finding
+from scintnode.models.device import DEFAULT_SETTING, inference_device
 from scintnode.models.planar import INTENSITY_PERCENTILE as INTENSITY_PERCENTILE
 from scintnode.models.planar import FrameBox, anterior_source, classify_and_explain, cut_box, intensity_scale
 from scintnode.models.planar import ImageNotUsable as ImageNotUsable
@@ -177,10 +178,12 @@ def model_spec(weights_sha256: str, version: str) -> ModelSpec:
     )
 
 
-def load_thyroid_network(weights_path: Path | None = None) -> ThyroidNetwork:
-    """The network with the committed weights (scintnode/weights/thyroid-resnet34.pt) or those at `weights_path`."""
+def load_thyroid_network(weights_path: Path | None = None, device: str = DEFAULT_SETTING) -> ThyroidNetwork:
+    """The network with the committed weights (scintnode/weights/thyroid-resnet34.pt) or those at `weights_path`,
+    on the device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     model, meta = load_weights(path)
+    model = model.to(inference_device(device))
     spec = model_spec(file_sha256(path), str(meta.get("version", "0")))
     if not meta.get("synthetic", True):
         spec = replace(spec, trained_on_synthetic=False)

@@ -1,0 +1,47 @@
+"""Where the networks run: the node's `inference_device` setting as a torch device, and the wait that makes a
+timer around a GPU pass measure the pass.
+
+Called by each network's loader (the weights go to the device once) and around each timed forward pass. The
+setting's form is checked without torch when the config is read (`config.check_inference_device`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scintnode.config import check_inference_device
+
+DEFAULT_SETTING = "auto"
+
+
+class DeviceUnavailable(RuntimeError):
+    """The setting names a GPU this machine does not have."""
+
+
+def inference_device(setting: str = DEFAULT_SETTING) -> torch.device:
+    """`auto`: the first CUDA GPU when torch sees one, else the CPU. `cuda` or `cuda:N` must exist."""
+    check_inference_device(setting)
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise DeviceUnavailable(
+                f"inference_device is {setting!r}, but torch sees {count} CUDA GPU(s) "
+                f"(torch {torch.__version__}); set it to auto or cpu, or install a CUDA build of torch"
+            )
+    return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's weights are on (the CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def finish_queued_work(device: torch.device) -> None:
+    """Wait until the device has run what was queued on it: CUDA kernels run after their call returns, so a timer
+    stopped without this measures the queueing, not the pass. Nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
