@@ -36,7 +36,7 @@ from scintnode.demo_cases import CASES, DemoStudy
 from scintnode.heap_reuse import keep_freed_memory_for_reuse
 from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.infer import run_network
-from scintnode.models.device import inference_device
+from scintnode.models.device import torch_device
 from scintnode.models.registry import Network, default_registry
 
 # The slot each file of a demo study fills, by network and association (episodes only).
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     avoid_numpy_huge_pages()  # as the node's process does
     keep_freed_memory_for_reuse()
-    on = inference_device(args.device)
+    on = torch_device(args.device)
     registry = default_registry(args.device)
     resized = paper_size_networks(on) if args.paper_size else {}
     print(f"device: {describe(on)}, torch {torch.__version__}; synthetic studies")

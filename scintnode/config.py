@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-_INFERENCE_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+_DEVICE_SETTING = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 class ConfigError(ValueError):
@@ -31,10 +31,10 @@ def _ae_title(value: str) -> str:
     return value
 
 
-def check_inference_device(value: str) -> str:
+def check_device_setting(value: str) -> str:
     """`auto`, `cpu`, `cuda` or `cuda:N`, checked without torch: a node whose rules use no network never imports it."""
-    if not _INFERENCE_DEVICE.fullmatch(value):
-        raise ValueError(f"inference_device must be auto, cpu, cuda or cuda:N (a GPU's index), not {value!r}")
+    if not _DEVICE_SETTING.fullmatch(value):
+        raise ValueError(f"a device must be auto, cpu, cuda or cuda:N (a GPU's index), not {value!r}")
     return value
 
 
@@ -167,7 +167,7 @@ class Settings(_Strict):
     # where the networks run: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N
     inference_device: str = "auto"
 
-    _check_device = field_validator("inference_device")(classmethod(lambda cls, v: check_inference_device(v)))
+    _check_device = field_validator("inference_device")(classmethod(lambda cls, v: check_device_setting(v)))
 
     @property
     def database_url(self) -> str:

@@ -92,12 +92,12 @@ class Node:
         """A GPU the config names but this machine lacks would fail every job: refuse to start instead."""
         if self.settings.inference_device in ("auto", "cpu") or not self._rule_networks():
             return
-        from scintnode.models.device import DeviceUnavailable, inference_device  # imports torch
+        from scintnode.models.device import DeviceUnavailable, torch_device  # imports torch
 
         try:
-            inference_device(self.settings.inference_device)
+            torch_device(self.settings.inference_device)
         except DeviceUnavailable as exc:
-            raise ConfigError(str(exc)) from exc
+            raise ConfigError(f"inference_device: {exc}") from exc
 
     def _preload_networks(self) -> None:
         """Load every network the rules use, so no job pays for loading; a missing one is reported, not fatal."""

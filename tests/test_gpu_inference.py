@@ -1,5 +1,5 @@
 """On a CUDA GPU every network finds what it finds on the CPU: the same class, the same probabilities and heatmaps
-to float rounding, results written from them.
+to float rounding, results written from them; and every trainer trains there, writing weights a CPU node loads.
 
 These need a GPU, which neither the development machine nor CI has; they run where torch sees one (the device
 machine: README, "Performance"). Everything they exercise up to the device runs in the CPU tests too."""
@@ -38,3 +38,14 @@ def test_a_network_on_the_gpu_finds_what_it_finds_on_the_cpu(name: str, tmp_path
             np.testing.assert_allclose(gpu_map, cpu_map, atol=1e-2)
         assert [out.kind for out in gpu.outputs] == [out.kind for out in cpu.outputs]
         assert gpu.inference_ms > 0
+
+
+@pytest.mark.parametrize("network", ["thyroid", "bone", "i131-neck", "ct-parathyroid", "parathyroid"])
+def test_quick_training_on_the_gpu_writes_weights_a_cpu_node_loads(network: str, tmp_path: Path) -> None:
+    from scintnode.train.cli import main as train
+
+    assert train([network, "--quick", "--out", str(tmp_path), "--device", "cuda"]) == 0
+    (weights,) = tmp_path.glob("*.pt")
+    payload = torch.load(weights, map_location="cpu", weights_only=True)
+    assert payload["training"]["device"] == "cuda"
+    assert all(tensor.device.type == "cpu" for tensor in payload["state_dict"].values())

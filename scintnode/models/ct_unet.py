@@ -34,7 +34,7 @@ from scintnode.models.ct_volume import (
     reach_of,
     resample_to_grid,
 )
-from scintnode.models.device import DEFAULT_SETTING, inference_device, model_device
+from scintnode.models.device import DEFAULT_SETTING, model_device, torch_device
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.weights_file import file_sha256, load_float_state, save_half_precision
 
@@ -423,7 +423,7 @@ def load_ct_parathyroid_network(path: Path = DEFAULT_WEIGHTS, device: str = DEFA
     """The network from its committed weights (fp16 on disk, float32 in memory), on the device the
     `inference_device` setting `device` names."""
     model, meta = load_weights(path)
-    model = model.to(inference_device(device))
+    model = model.to(torch_device(device))
     training = meta.get("training") or {}
     window = [int(v) for v in training.get("patch", WINDOW_VOXELS)]
     return CTParathyroidNetwork(model, model_spec(file_sha256(path), str(meta.get("version", VERSION))), window)

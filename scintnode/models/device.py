@@ -1,15 +1,15 @@
-"""Where the networks run: the node's `inference_device` setting as a torch device, and the wait that makes a
-timer around a GPU pass measure the pass.
+"""Where the networks run: a device setting (the node's `inference_device`, `scintnode train --device`) as a
+torch device, and the wait that makes a timer around a GPU pass measure the pass.
 
-Called by each network's loader (the weights go to the device once) and around each timed forward pass. The
-setting's form is checked without torch when the config is read (`config.check_inference_device`)."""
+Called by each network's loader (the weights go to the device once), by training, and around each timed forward
+pass. The setting's form is checked without torch when the config is read (`config.check_device_setting`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from scintnode.config import check_inference_device
+from scintnode.config import check_device_setting
 
 DEFAULT_SETTING = "auto"
 
@@ -18,9 +18,9 @@ class DeviceUnavailable(RuntimeError):
     """The setting names a GPU this machine does not have."""
 
 
-def inference_device(setting: str = DEFAULT_SETTING) -> torch.device:
+def torch_device(setting: str = DEFAULT_SETTING) -> torch.device:
     """`auto`: the first CUDA GPU when torch sees one, else the CPU. `cuda` or `cuda:N` must exist."""
-    check_inference_device(setting)
+    check_device_setting(setting)
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(setting)
@@ -28,8 +28,8 @@ def inference_device(setting: str = DEFAULT_SETTING) -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:
             raise DeviceUnavailable(
-                f"inference_device is {setting!r}, but torch sees {count} CUDA GPU(s) "
-                f"(torch {torch.__version__}); set it to auto or cpu, or install a CUDA build of torch"
+                f"the device {setting!r} is not here: torch sees {count} CUDA GPU(s) "
+                f"(torch {torch.__version__}); use auto or cpu, or install a CUDA build of torch"
             )
     return device
 

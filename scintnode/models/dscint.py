@@ -20,7 +20,7 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.finding import Finding, Hotspot, Panel
-from scintnode.models.device import DEFAULT_SETTING, finish_queued_work, inference_device, model_device
+from scintnode.models.device import DEFAULT_SETTING, finish_queued_work, model_device, torch_device
 from scintnode.models.nm_input import ImageNotUsable, PlanarFrame, pick_views, read_planar_frames
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.thyroid import file_sha256
@@ -456,7 +456,7 @@ def load_dscint_network(weights_path: Path | None = None, device: str = DEFAULT_
     device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     model, meta = load_weights(path)
-    model = model.to(inference_device(device))
+    model = model.to(torch_device(device))
     spec = model_spec(file_sha256(path), str(meta.get("version", "0")))
     if not meta.get("synthetic", True):
         spec = replace(spec, trained_on_synthetic=False)

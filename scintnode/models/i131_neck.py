@@ -18,7 +18,7 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.finding import Finding
-from scintnode.models.device import DEFAULT_SETTING, inference_device
+from scintnode.models.device import DEFAULT_SETTING, torch_device
 from scintnode.models.i131_neck_preprocess import FIELD_MM, PreprocessSteps, preprocess
 from scintnode.models.planar import anterior_source, classify_and_explain
 from scintnode.models.resnet import FEATURE_WIDTH, STAGE_BLOCKS, ResNet
@@ -119,7 +119,7 @@ def load_i131_neck_network(weights_path: Path | None = None, device: str = DEFAU
     on the device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     model, meta = load_weights(path)
-    model = model.to(inference_device(device))
+    model = model.to(torch_device(device))
     # weights that do not say otherwise are treated as synthetic-trained: the outputs then say so
     synthetic = bool(meta.get("synthetic", True))
     spec = replace(model_spec(file_sha256(path), str(meta.get("version", "0"))), trained_on_synthetic=synthetic)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from scintnode.cam import ClassActivationMap, Method, to_grid
 from scintnode.finding import Finding, Hotspot
 from scintnode.models import paranet_glands as glands
-from scintnode.models.device import DEFAULT_SETTING, inference_device
+from scintnode.models.device import DEFAULT_SETTING, torch_device
 from scintnode.models.nm_input import Upright
 from scintnode.models.paranet_input import (
     FIELD_MM,
@@ -351,7 +351,7 @@ def load_paranet_network(
     variant = find_variant(name)
     path = Path(weights_path) if weights_path is not None else WEIGHTS_DIR / f"{variant.name}.pt"
     model, meta = load_weights(path)
-    model = model.to(inference_device(device))
+    model = model.to(torch_device(device))
     if str(meta.get("variant", variant.name)) != variant.name:
         raise ValueError(f"{path} holds weights of {meta.get('variant')}, not {variant.name}")
     spec = model_spec(variant.name, file_sha256(path), str(meta.get("version", "0")), bool(meta.get("synthetic", True)))

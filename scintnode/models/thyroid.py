@@ -18,7 +18,7 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.finding import Finding
-from scintnode.models.device import DEFAULT_SETTING, inference_device
+from scintnode.models.device import DEFAULT_SETTING, torch_device
 from scintnode.models.planar import INTENSITY_PERCENTILE as INTENSITY_PERCENTILE
 from scintnode.models.planar import FrameBox, anterior_source, classify_and_explain, cut_box, intensity_scale
 from scintnode.models.planar import ImageNotUsable as ImageNotUsable
@@ -183,7 +183,7 @@ def load_thyroid_network(weights_path: Path | None = None, device: str = DEFAULT
     on the device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
     model, meta = load_weights(path)
-    model = model.to(inference_device(device))
+    model = model.to(torch_device(device))
     spec = model_spec(file_sha256(path), str(meta.get("version", "0")))
     if not meta.get("synthetic", True):
         spec = replace(spec, trained_on_synthetic=False)

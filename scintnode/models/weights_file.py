@@ -17,7 +17,9 @@ WEIGHTS_FORMAT = "scintnode-weights/1"
 
 def save_half_precision(model: nn.Module, path: Path, meta: dict[str, Any], classes: Sequence[str]) -> None:
     """Write the state_dict in half precision (integer buffers unchanged) with its metadata and class keys."""
-    state = {k: v.detach().half() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu() for k, v in model.state_dict().items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": WEIGHTS_FORMAT, **meta, "classes": list(classes), "state_dict": state}, path)
 

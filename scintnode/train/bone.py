@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from scintnode.models import dscint as net
+from scintnode.models.device import model_device, torch_device
 from scintnode.models.thyroid import file_sha256
 from scintnode.phantoms import bone as phantoms
 from scintnode.train import metrics
@@ -50,6 +51,7 @@ class TrainConfig:
     input_rows: int = net.INPUT_SHAPE[0]
     input_columns: int = net.INPUT_SHAPE[1]
     check_per_class: int = 15  # fresh phantoms (another seed) the committed model is checked on
+    device: str = "cpu"  # where it trains (`--device`); the committed weights were made on the CPU
 
 
 QUICK = TrainConfig(per_class=3, runs=2, epochs=1, input_rows=256, input_columns=64, check_per_class=1)
@@ -120,16 +122,17 @@ def fit(data: Dataset, index: np.ndarray, config: TrainConfig, seed: int, log: L
     """Cross-entropy on softmax, Adam with weight decay (paper 003 Table 5), augmented batches."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = net.Dscint(input_shape=(config.input_rows, config.input_columns))
+    device = torch_device(config.device)
+    model = net.Dscint(input_shape=(config.input_rows, config.input_columns)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
-    targets = torch.from_numpy(data.labels)
+    targets = torch.from_numpy(data.labels).to(device)
     batches = max(1, len(index) // config.batch_size)
     for epoch in range(1, config.epochs + 1):
         model.train()
         started, total, correct = time.perf_counter(), 0.0, 0
         for batch in np.array_split(rng.permutation(index), batches):
-            x = net.to_network_input(np.stack([augment(data.images[i], rng, config) for i in batch]))
+            x = net.to_network_input(np.stack([augment(data.images[i], rng, config) for i in batch])).to(device)
             optimiser.zero_grad()
             logits = model(x)
             loss = loss_fn(logits, targets[batch])
@@ -147,9 +150,12 @@ def fit(data: Dataset, index: np.ndarray, config: TrainConfig, seed: int, log: L
 def predict(model: net.Dscint, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Class probabilities (N, 4) in eval mode."""
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
         parts = [
-            net.probabilities(model(net.to_network_input(images[start : start + batch_size].astype(np.float32))))
+            net.probabilities(
+                model(net.to_network_input(images[start : start + batch_size].astype(np.float32)).to(device))
+            ).cpu()
             for start in range(0, len(images), batch_size)
         ]
     return torch.cat(parts).numpy()

@@ -12,6 +12,15 @@ from pathlib import Path
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "weights"
 
 
+def _device(value: str) -> str:
+    from scintnode.config import check_device_setting
+
+    try:
+        return check_device_setting(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scintnode train", description="Train and evaluate a network on synthetic phantoms (not clinical)."
@@ -79,11 +88,26 @@ def _parser() -> argparse.ArgumentParser:
             help="paper 000 ParaNet (3x VGG19, MIBI early/late + thyroid): 10-fold CV, gland-level Grad-CAM, card",
         )
     )
+    for sub_command in networks.choices.values():
+        sub_command.add_argument(
+            "--device",
+            type=_device,
+            default="cpu",
+            help="where to train: cpu (default; the committed weights were made there), auto (a CUDA GPU when torch "
+            "sees one), cuda or cuda:N",
+        )
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from scintnode.models.device import DeviceUnavailable, torch_device
+
+    try:
+        torch_device(args.device)
+    except DeviceUnavailable as exc:
+        print(f"scintnode train {args.network}: {exc}", file=sys.stderr)
+        return 2
     if args.network == "thyroid":
         return _thyroid(args, argv)
     if args.network == "bone":
@@ -115,6 +139,7 @@ def _bone(args: argparse.Namespace, argv: list[str]) -> int:
         "epochs": args.epochs,
         "seed": args.seed,
         "learning_rate": args.learning_rate,
+        "device": args.device,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if config.per_class < 2 or config.runs < 1 or config.epochs < 1:
@@ -140,6 +165,7 @@ def _thyroid(args: argparse.Namespace, argv: list[str]) -> int:
         "image_size": args.image_size,
         "seed": args.seed,
         "learning_rate": args.learning_rate,
+        "device": args.device,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if config.per_class < config.folds or config.epochs < 1 or config.image_size < 32:
@@ -173,6 +199,7 @@ def _i131_neck(args: argparse.Namespace, argv: list[str]) -> int:
         "check_count": args.check_count,
         "pretrained": str(args.pretrained) if args.pretrained else None,
         "cosine": True if args.cosine else None,
+        "device": args.device,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if config.count < 8 or config.groupings < 1 or config.epochs < 1 or config.image_size < 32:

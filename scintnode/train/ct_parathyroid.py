@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from scintnode.models import ct_unet as net
+from scintnode.models.device import torch_device
 from scintnode.models.weights_file import file_sha256
 from scintnode.phantoms import ct_parathyroid as phantoms
 from scintnode.train.card import fmt, write_metrics
@@ -42,6 +43,7 @@ class TrainConfig:
     max_minutes: float = 16.0  # training stops early past this, so the whole run fits its time budget
     phantom_shape: tuple[int, int, int] = phantoms.SHAPE
     seed: int = 1
+    device: str = "cpu"  # where it trains (`--device`); the committed weights were made on the CPU
 
 
 QUICK = TrainConfig(patients=4, test_patients=2, steps=2, batch_size=1, patch=(16, 32, 32), phantom_shape=(24, 64, 64))
@@ -110,7 +112,8 @@ def fit(cases: list[Case], config: TrainConfig, log: Log) -> net.UNet3D:
     out first, steps or `max_minutes`, so a run cut short by a busy machine still ends annealed."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = net.UNet3D()
+    device = torch_device(config.device)
+    model = net.UNet3D().to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     started, running = time.perf_counter(), 0.0
     model.train()
@@ -124,8 +127,8 @@ def fit(cases: list[Case], config: TrainConfig, log: Log) -> net.UNet3D:
             _patch(cases[rng.integers(len(cases))], config.patch, rng, rng.random() < config.foreground_fraction)
             for _ in range(config.batch_size)
         ]
-        x = torch.from_numpy(np.stack([b[0] for b in batch]))
-        y = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
+        y = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None].to(device)
         optimiser.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -385,6 +388,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
         "steps": args.steps,
         "max_minutes": args.max_minutes,
         "seed": args.seed,
+        "device": args.device,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if not 1 <= config.test_patients < config.patients or config.steps < 1:

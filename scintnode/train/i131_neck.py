@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from scintnode.models import i131_neck as net
+from scintnode.models.device import model_device, torch_device
 from scintnode.models.i131_neck_preprocess import FIELD_MM, preprocess
 from scintnode.models.resnet import load_backbone
 from scintnode.models.weights_file import file_sha256
@@ -60,6 +61,7 @@ class TrainConfig:
     # ends on settled weights rather than on whichever last step it took.
     cosine: bool = False
     pretrained: str | None = None  # a torchvision ResNet-18 state_dict to start from (fc is replaced)
+    device: str = "cpu"  # where it trains (`--device`); the committed weights were made on the CPU
 
 
 QUICK = TrainConfig(count=16, groupings=2, epochs=1, image_size=32, batch_size=8, learning_rate=1e-3, check_count=4)
@@ -106,7 +108,8 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
     gives each class the same expected share (paper §3.2), one epoch = as many draws as training images; with
     `config.cosine` the rate falls to 0 along a cosine over all batches."""
     torch.manual_seed(seed)
-    model = new_model(config.pretrained)
+    device = torch_device(config.device)
+    model = new_model(config.pretrained).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     class_weight = 1.0 / np.bincount(y, minlength=len(net.CLASS_KEYS)).clip(min=1)
     sampler = WeightedRandomSampler(
@@ -123,7 +126,8 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
     for epoch in range(1, config.epochs + 1):
         model.train()
         started, loss_sum, hits, seen = time.perf_counter(), 0.0, 0, 0
-        for images, targets in loader:
+        for batch_images, batch_targets in loader:
+            images, targets = batch_images.to(device), batch_targets.to(device)
             optimiser.zero_grad()
             logits = model(images)
             loss = loss_fn(logits, targets)
@@ -144,10 +148,11 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
 def predict(model: net.ResidualResNet18, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Class probabilities (N, 2) in eval mode."""
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
         return np.concatenate(
             [
-                net.probabilities(model(torch.from_numpy(x[i : i + batch_size]))).numpy()
+                net.probabilities(model(torch.from_numpy(x[i : i + batch_size]).to(device))).cpu().numpy()
                 for i in range(0, len(x), batch_size)
             ]
         )

@@ -24,6 +24,7 @@ from torch import nn
 from scintnode.cam import Method, to_grid
 from scintnode.models import paranet as net
 from scintnode.models import paranet_glands as glands
+from scintnode.models.device import model_device, torch_device
 from scintnode.models.paranet_input import FIELD_MM, INPUT_CEILING, NETWORK_PERCENTILE, prepare_counts, register
 from scintnode.models.weights_file import file_sha256
 from scintnode.phantoms import parathyroid as phantoms
@@ -57,6 +58,7 @@ class TrainConfig:
     seed: int = 2000
     check_patients: int = 60  # fresh patients (another seed) the final model is checked on
     image_size: int | None = None  # None: the variant's
+    device: str = "cpu"  # where it trains (`--device`); the committed weights were made on the CPU
 
 
 QUICK = TrainConfig(patients=20, folds=2, max_epochs=1, check_patients=4, image_size=64)
@@ -122,7 +124,8 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
     """Cross-entropy, Adam, mini-batches of 50, horizontal flips; stops when validation accuracy >= 94 %."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = net.build(config.variant)
+    device = torch_device(config.device)
+    model = net.build(config.variant).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
     train_index, validation_index = _validation_split(y, config.validation_share, rng)
@@ -134,9 +137,9 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
         order = rng.permutation(train_index)
         for start in range(0, len(order), config.batch_size):
             index = torch.from_numpy(order[start : start + config.batch_size])
-            batch = augment(inputs[index], rng)
+            batch = augment(inputs[index], rng).to(device)
             optimiser.zero_grad()
-            loss = loss_fn(model(batch), targets[index])
+            loss = loss_fn(model(batch), targets[index].to(device))
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(index)
@@ -182,9 +185,10 @@ def recalibrate_batch_norm(model: net.ParaNet, inputs: torch.Tensor, batch_size:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
     model.train()
+    device = model_device(model)
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
-            model(inputs[start : start + batch_size])
+            model(inputs[start : start + batch_size].to(device))
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     model.eval()
@@ -193,10 +197,12 @@ def recalibrate_batch_norm(model: net.ParaNet, inputs: torch.Tensor, batch_size:
 def predict(model: net.ParaNet, x: np.ndarray, batch_size: int = 50) -> np.ndarray:
     """Class probabilities (N, 2) in eval mode."""
     model.eval()
+    device = model_device(model)
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            out.append(net.probabilities(model(net.network_input(x[start : start + batch_size]))).numpy())
+            batch = net.network_input(x[start : start + batch_size]).to(device)
+            out.append(net.probabilities(model(batch)).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -559,6 +565,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
         "image_size": args.image_size,
         "seed": args.seed,
         "learning_rate": args.learning_rate,
+        "device": args.device,
     }
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     if config.patients < 2 * config.folds or config.folds < 2 or config.max_epochs < 1:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from scintnode.models import thyroid as net
+from scintnode.models.device import model_device, torch_device
 from scintnode.phantoms import thyroid as phantoms
 from scintnode.train import metrics
 from scintnode.train.card import fmt, write_metrics
@@ -42,6 +43,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # paper 002
     lr_drop_at: float = 0.7  # fraction of the batches after which the rate drops to 1/10 (paper: a step decay)
     check_per_class: int = 25  # fresh phantoms (another seed) the final model is checked on
+    device: str = "cpu"  # where it trains (`--device`); the committed weights were made on the CPU
 
 
 QUICK = TrainConfig(per_class=3, epochs=1, folds=2, image_size=64, check_per_class=2)
@@ -76,7 +78,8 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
     """Cross-entropy, Adam with weight decay, batch 12, one step decay of the rate to 1/10 (paper 002)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = net.ThyroidResNet34()
+    device = torch_device(config.device)
+    model = net.ThyroidResNet34().to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     batches_per_epoch = max(1, len(y) // config.batch_size)
     drop_after = max(1, round(config.lr_drop_at * batches_per_epoch * config.epochs))
@@ -89,14 +92,15 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
         order = rng.permutation(len(y))
         for batch in np.array_split(order, batches_per_epoch):
             index = torch.from_numpy(batch)
+            wanted = targets[index].to(device)
             optimiser.zero_grad()
-            logits = model(inputs[index])
-            loss = loss_fn(logits, targets[index])
+            logits = model(inputs[index].to(device))
+            loss = loss_fn(logits, wanted)
             loss.backward()
             optimiser.step()
             schedule.step()
             total += float(loss.detach()) * len(batch)
-            correct += int((logits.argmax(1) == targets[index]).sum())
+            correct += int((logits.argmax(1) == wanted).sum())
             seen += len(batch)
         log(
             f"  epoch {epoch:3d}/{config.epochs}  loss {total / seen:.4f}  train acc {correct / seen:.3f}  "
@@ -108,10 +112,12 @@ def fit(x: np.ndarray, y: np.ndarray, config: TrainConfig, seed: int, log: Log) 
 def predict(model: net.ThyroidResNet34, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Class probabilities (N, 4) in eval mode."""
     model.eval()
+    device = model_device(model)
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            out.append(net.probabilities(model(net.to_network_input(x[start : start + batch_size]))).numpy())
+            batch = net.to_network_input(x[start : start + batch_size]).to(device)
+            out.append(net.probabilities(model(batch)).cpu().numpy())
     return np.concatenate(out)
 
 
