@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="scintnode-inference-") as tmp:
         for name in args.network or sorted(CASES):
             studies = CASES[name](Path(tmp) / name, args.per_class, 7)
-            label, network = resized.get(name, (name, registry.get(name)))
+            label, network = resized[name] if name in resized else (name, registry.get(name))
             row = measure(network, name, [demo_job(s) for s in studies], args.repeats, label)
             print(
                 f"| {row.network} | {row.jobs} | {row.job_median_ms:.0f} | {row.job_p95_ms:.0f} | "

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from scintnode.config import ConfigError, Settings, load_settings
-from scintnode.models.device import DeviceUnavailable, model_device, torch_device
+from scintnode.models.device import DeviceUnavailable, keep_float32, model_device, torch_device
 from scintnode.models.registry import default_registry
 
 REPOSITORY_RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -26,6 +26,12 @@ def test_auto_is_the_gpu_when_torch_sees_one_else_the_cpu() -> None:
     assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert torch_device() == torch_device("auto")
     assert torch_device("cpu") == torch.device("cpu")
+
+
+def test_a_gpu_computes_in_full_float32_as_the_networks_were_checked() -> None:
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    keep_float32()
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_a_gpu_the_machine_lacks_is_refused_with_what_to_set_instead() -> None:

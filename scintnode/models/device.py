@@ -19,10 +19,11 @@ class DeviceUnavailable(RuntimeError):
 
 
 def torch_device(setting: str = DEFAULT_SETTING) -> torch.device:
-    """`auto`: the first CUDA GPU when torch sees one, else the CPU. `cuda` or `cuda:N` must exist."""
+    """`auto`: the first CUDA GPU when torch sees one, else the CPU. `cuda` or `cuda:N` must exist. A GPU computes
+    in full float32 from then on (`keep_float32`)."""
     check_device_setting(setting)
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(setting)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -31,7 +32,16 @@ def torch_device(setting: str = DEFAULT_SETTING) -> torch.device:
                 f"the device {setting!r} is not here: torch sees {count} CUDA GPU(s) "
                 f"(torch {torch.__version__}); use auto or cpu, or install a CUDA build of torch"
             )
+        keep_float32()
     return device
+
+
+def keep_float32() -> None:
+    """Turn TensorFloat-32 off for the process: cuDNN uses it for convolutions by default on Ampere and later GPUs,
+    keeping 10 bits of mantissa, and a network trained and checked in float32 would then give a GPU's
+    probabilities and heatmaps that differ from the CPU's by more than rounding."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def model_device(model: nn.Module) -> torch.device:
