@@ -32,6 +32,7 @@ import torch
 from pydicom import Dataset, dcmread
 
 from benchmarks.stats import quantile
+from scintnode.config import DEFAULT_DEVICE
 from scintnode.demo_cases import CASES, DemoStudy
 from scintnode.heap_reuse import keep_freed_memory_for_reuse
 from scintnode.huge_pages import avoid_numpy_huge_pages
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--device",
-        default="auto",
+        default=DEFAULT_DEVICE,
         help="where the networks run, as the node's inference_device setting: "
         "auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",
     )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 _DEVICE_SETTING = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+DEFAULT_DEVICE = "auto"  # a CUDA GPU when torch sees one, else the CPU (models/device.py)
 
 
 class ConfigError(ValueError):
@@ -165,7 +166,7 @@ class Settings(_Strict):
     # load every network at start (a first job then pays no loading time); off for short-lived test nodes
     preload_networks: bool = False
     # where the networks run: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N
-    inference_device: str = "auto"
+    inference_device: str = DEFAULT_DEVICE
 
     _check_device = field_validator("inference_device")(classmethod(lambda cls, v: check_device_setting(v)))
 

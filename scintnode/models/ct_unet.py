@@ -24,6 +24,7 @@ import torch
 from pydicom import Dataset
 from torch import Tensor, nn
 
+from scintnode.config import DEFAULT_DEVICE
 from scintnode.finding import Finding, Region, VolumeMask
 from scintnode.models.ct_volume import (
     Box,
@@ -34,7 +35,7 @@ from scintnode.models.ct_volume import (
     reach_of,
     resample_to_grid,
 )
-from scintnode.models.device import DEFAULT_SETTING, model_device, torch_device
+from scintnode.models.device import model_device, torch_device
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.weights_file import file_sha256, load_float_state, save_half_precision
 
@@ -419,7 +420,7 @@ def load_weights(path: Path) -> tuple[UNet3D, dict[str, Any]]:
     return model.eval(), meta
 
 
-def load_ct_parathyroid_network(path: Path = DEFAULT_WEIGHTS, device: str = DEFAULT_SETTING) -> CTParathyroidNetwork:
+def load_ct_parathyroid_network(path: Path = DEFAULT_WEIGHTS, device: str = DEFAULT_DEVICE) -> CTParathyroidNetwork:
     """The network from its committed weights (fp16 on disk, float32 in memory), on the device the
     `inference_device` setting `device` names."""
     model, meta = load_weights(path)

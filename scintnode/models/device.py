@@ -9,16 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scintnode.config import check_device_setting
-
-DEFAULT_SETTING = "auto"
+from scintnode.config import DEFAULT_DEVICE, check_device_setting
 
 
 class DeviceUnavailable(RuntimeError):
     """The setting names a GPU this machine does not have."""
 
 
-def torch_device(setting: str = DEFAULT_SETTING) -> torch.device:
+def torch_device(setting: str = DEFAULT_DEVICE) -> torch.device:
     """`auto`: the first CUDA GPU when torch sees one, else the CPU. `cuda` or `cuda:N` must exist. A GPU computes
     in full float32 from then on (`keep_float32`)."""
     check_device_setting(setting)

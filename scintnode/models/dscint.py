@@ -19,8 +19,9 @@ import torch
 from pydicom import Dataset
 from torch import Tensor, nn
 
+from scintnode.config import DEFAULT_DEVICE
 from scintnode.finding import Finding, Hotspot, Panel
-from scintnode.models.device import DEFAULT_SETTING, finish_queued_work, model_device, torch_device
+from scintnode.models.device import finish_queued_work, model_device, torch_device
 from scintnode.models.nm_input import ImageNotUsable, PlanarFrame, pick_views, read_planar_frames
 from scintnode.models.spec import Code, LabelSpec, ModelSpec
 from scintnode.models.thyroid import file_sha256
@@ -451,7 +452,7 @@ def model_spec(weights_sha256: str, version: str) -> ModelSpec:
     )
 
 
-def load_dscint_network(weights_path: Path | None = None, device: str = DEFAULT_SETTING) -> DscintNetwork:
+def load_dscint_network(weights_path: Path | None = None, device: str = DEFAULT_DEVICE) -> DscintNetwork:
     """The network with the committed weights (scintnode/weights/dscint.pt) or those at `weights_path`, on the
     device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS

@@ -17,8 +17,9 @@ import torch
 from pydicom import Dataset
 from torch import Tensor, nn
 
+from scintnode.config import DEFAULT_DEVICE
 from scintnode.finding import Finding
-from scintnode.models.device import DEFAULT_SETTING, torch_device
+from scintnode.models.device import torch_device
 from scintnode.models.i131_neck_preprocess import FIELD_MM, PreprocessSteps, preprocess
 from scintnode.models.planar import anterior_source, classify_and_explain
 from scintnode.models.resnet import FEATURE_WIDTH, STAGE_BLOCKS, ResNet
@@ -114,7 +115,7 @@ def model_spec(weights_sha256: str, version: str) -> ModelSpec:
     )
 
 
-def load_i131_neck_network(weights_path: Path | None = None, device: str = DEFAULT_SETTING) -> I131NeckNetwork:
+def load_i131_neck_network(weights_path: Path | None = None, device: str = DEFAULT_DEVICE) -> I131NeckNetwork:
     """The network with the committed weights (scintnode/weights/i131-neck-resnet18.pt) or those at `weights_path`,
     on the device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS

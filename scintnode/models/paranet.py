@@ -18,9 +18,10 @@ from pydicom import Dataset
 from torch import Tensor, nn
 
 from scintnode.cam import ClassActivationMap, Method, to_grid
+from scintnode.config import DEFAULT_DEVICE
 from scintnode.finding import Finding, Hotspot
 from scintnode.models import paranet_glands as glands
-from scintnode.models.device import DEFAULT_SETTING, torch_device
+from scintnode.models.device import torch_device
 from scintnode.models.nm_input import Upright
 from scintnode.models.paranet_input import (
     FIELD_MM,
@@ -344,7 +345,7 @@ def _hotspot(candidate: glands.Candidate, image: PreparedImage, size: int, phase
 
 
 def load_paranet_network(
-    name: str = "paranet-small", weights_path: Path | None = None, device: str = DEFAULT_SETTING
+    name: str = "paranet-small", weights_path: Path | None = None, device: str = DEFAULT_DEVICE
 ) -> ParaNetNetwork:
     """The variant `name` with its committed weights (scintnode/weights/<name>.pt) or those at `weights_path`, on
     the device the `inference_device` setting `device` names."""

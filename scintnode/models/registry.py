@@ -11,6 +11,7 @@ from typing import Protocol
 
 from pydicom import Dataset
 
+from scintnode.config import DEFAULT_DEVICE
 from scintnode.finding import Finding
 from scintnode.models.spec import ModelSpec
 
@@ -90,7 +91,7 @@ def _loader(
     return load
 
 
-def default_registry(device: str = "auto") -> Registry:
+def default_registry(device: str = DEFAULT_DEVICE) -> Registry:
     """The networks this build ships, each loaded from its committed weights on first use, onto the device the
     node's `inference_device` setting names (`auto`: a CUDA GPU when torch sees one, else the CPU)."""
     return Registry(

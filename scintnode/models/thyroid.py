@@ -17,8 +17,9 @@ import torch
 from pydicom import Dataset
 from torch import Tensor, nn
 
+from scintnode.config import DEFAULT_DEVICE
 from scintnode.finding import Finding
-from scintnode.models.device import DEFAULT_SETTING, torch_device
+from scintnode.models.device import torch_device
 from scintnode.models.planar import INTENSITY_PERCENTILE as INTENSITY_PERCENTILE
 from scintnode.models.planar import FrameBox, anterior_source, classify_and_explain, cut_box, intensity_scale
 from scintnode.models.planar import ImageNotUsable as ImageNotUsable
@@ -178,7 +179,7 @@ def model_spec(weights_sha256: str, version: str) -> ModelSpec:
     )
 
 
-def load_thyroid_network(weights_path: Path | None = None, device: str = DEFAULT_SETTING) -> ThyroidNetwork:
+def load_thyroid_network(weights_path: Path | None = None, device: str = DEFAULT_DEVICE) -> ThyroidNetwork:
     """The network with the committed weights (scintnode/weights/thyroid-resnet34.pt) or those at `weights_path`,
     on the device the `inference_device` setting `device` names."""
     path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
