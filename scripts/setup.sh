@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up scintnode on a fresh Debian machine: the Debian tools it uses (DCMTK as the modality, Orthanc as
 # the PACS, dicom3tools' dciodvfy as the validator, Chromium for the ops-page test), a virtual environment
-# with torch 2.13.0 (CPU) and the package itself. Safe to run again.
+# with torch 2.13.0 (CPU) and the package itself, every Python package at the version constraints.txt pins
+# (the versions the tests last passed with). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,6 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 # torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages
-.venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt "torch==2.13.0"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 echo "scintnode is set up: .venv/bin/scintnode --help"
