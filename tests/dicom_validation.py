@@ -17,9 +17,7 @@ from pydicom.dataset import Dataset
 
 # dciodvfy cannot evaluate "required if the body part is paired" and reports this on every Secondary
 # Capture and Parametric Map (dicom-conventions.md §2.b); allow exactly this line, nothing broader.
-LATERALITY_2C_LIMITATION = (
-    "Error - Missing attribute Type 2C Conditional Element=<Laterality> Module=<GeneralSeries>"
-)
+LATERALITY_2C_LIMITATION = "Error - Missing attribute Type 2C Conditional Element=<Laterality> Module=<GeneralSeries>"
 
 Target: TypeAlias = "Dataset | Path | str"
 

@@ -32,9 +32,7 @@ def thyroid_source(study_info: nm.StudyInfo | None = None, **options: Any) -> Da
     """A 1-frame 128x128 pertechnetate anterior thyroid image, Poisson counts on two blobs."""
     study_info = study_info or study()
     yy, xx = np.mgrid[0:128, 0:128]
-    lobes = np.exp(-((xx - 50) ** 2 + (yy - 64) ** 2) / 120.0) + np.exp(
-        -((xx - 78) ** 2 + (yy - 64) ** 2) / 120.0
-    )
+    lobes = np.exp(-((xx - 50) ** 2 + (yy - 64) ** 2) / 120.0) + np.exp(-((xx - 78) ** 2 + (yy - 64) ** 2) / 120.0)
     counts = np.random.default_rng(1).poisson(5 + 200 * lobes).astype(np.uint16)[np.newaxis]
     arguments: dict[str, Any] = {
         "patient": PATIENT,

@@ -76,9 +76,7 @@ class Pacs:
         for sop_class in self.sop_classes:
             ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae = ae
-        self.server = ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port: int = self.server.server_address[1]
 
     def _on_store(self, event: Any) -> int:
@@ -153,9 +151,7 @@ class Node:
     spool: Path
     job_id: int
 
-    def dispatcher(
-        self, destinations: dict[str, Destination], base: float = 5, cap: float = 600
-    ) -> Dispatcher:
+    def dispatcher(self, destinations: dict[str, Destination], base: float = 5, cap: float = 600) -> Dispatcher:
         settings = DispatchSettings(base_delay_seconds=base, max_delay_seconds=cap, poll_seconds=0.5)
         return Dispatcher(self.db, self.spool, destinations, settings, "SCINTNODE")
 
@@ -516,9 +512,7 @@ def test_restart_delivers_exactly_once(tmp_path: Path, node: Node, pacs_factory:
     restarted.db.dispose()
 
 
-def test_two_dispatchers_on_one_database_send_each_once(
-    tmp_path: Path, node: Node, pacs_factory: Any
-) -> None:
+def test_two_dispatchers_on_one_database_send_each_once(tmp_path: Path, node: Node, pacs_factory: Any) -> None:
     pacs = pacs_factory()
     destination = pacs.destination()
     seed = node.dispatcher({"pacs": destination})
@@ -549,9 +543,7 @@ def test_missing_file_unknown_destination_and_mismatch_are_dead(node: Node, pacs
     (node.spool / gone.path).unlink()
     nowhere = node.output(dispatcher, ["archive"])
     swapped = node.output(dispatcher, ["pacs"])
-    write_synthetic(
-        node.spool / swapped.path, generate_uid(), SecondaryCaptureImageStorage, ExplicitVRLittleEndian
-    )
+    write_synthetic(node.spool / swapped.path, generate_uid(), SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
     garbled = node.output(dispatcher, ["pacs"])
     (node.spool / garbled.path).write_bytes(b"not DICOM at all")
     assert dispatcher.deliver_due() == 4

@@ -156,9 +156,7 @@ def test_missing_index_and_bad_config_are_clear(tmp_path: Path, capsys: pytest.C
     assert "base_delay_seconds" in capsys.readouterr().err
 
 
-def test_list_works_while_the_node_holds_a_write_transaction(
-    index: Index, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_list_works_while_the_node_holds_a_write_transaction(index: Index, capsys: pytest.CaptureFixture[str]) -> None:
     writer = sqlite3.connect(index.db.url.removeprefix("sqlite:///"))
     try:
         writer.execute("BEGIN IMMEDIATE")

@@ -66,9 +66,7 @@ def thyroid_finding(
     """Graves' disease at 81.25 %, with one hot spot on the left-of-image lobe of source 0."""
     frames = list(frames or [1] * len(sources))
     images = tuple(display_image(s, f) for s, f in zip(sources, frames, strict=True))
-    heatmaps = tuple(
-        np.zeros_like(image) if zero_heatmap else hot_blob(image.shape, 50.5, 64.5) for image in images
-    )
+    heatmaps = tuple(np.zeros_like(image) if zero_heatmap else hot_blob(image.shape, 50.5, 64.5) for image in images)
     return Finding(
         model=thyroid_model(synthetic=synthetic),
         predicted="graves",
@@ -119,11 +117,7 @@ def probabilities_by_class(group: Dataset) -> dict[str, float]:
 
 
 def text_values(group: Dataset, code_value: str) -> list[str]:
-    return [
-        str(i.TextValue)
-        for i in group.ContentSequence
-        if i.ValueType == "TEXT" and concept(i)[0] == code_value
-    ]
+    return [str(i.TextValue) for i in group.ContentSequence if i.ValueType == "TEXT" and concept(i)[0] == code_value]
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +136,7 @@ def test_report_passes_dciodvfy_and_dsrdump(report: Dataset) -> None:
     assert "TID 1500" in dump and "TID 1501" in dump and "TID 1410" in dump
 
 
-def test_report_lands_in_the_source_study_as_an_unverified_preliminary_draft(
-    report: Dataset, source: Dataset
-) -> None:
+def test_report_lands_in_the_source_study_as_an_unverified_preliminary_draft(report: Dataset, source: Dataset) -> None:
     assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "AccessionNumber"):
         assert report[keyword].value == source[keyword].value, keyword
@@ -159,9 +151,7 @@ def test_report_lands_in_the_source_study_as_an_unverified_preliminary_draft(
     assert "unverified" in report.SeriesDescription and "synthetic" in report.SeriesDescription
 
 
-def test_report_references_the_source_as_evidence_and_in_the_classification(
-    report: Dataset, source: Dataset
-) -> None:
+def test_report_references_the_source_as_evidence_and_in_the_classification(report: Dataset, source: Dataset) -> None:
     (study_item,) = report.CurrentRequestedProcedureEvidenceSequence
     (series_item,) = study_item.ReferencedSeriesSequence
     assert series_item.SeriesInstanceUID == source.SeriesInstanceUID
@@ -239,9 +229,7 @@ def test_other_studies_go_to_pertinent_other_evidence() -> None:
     earlier_input = thyroid_source(study("ACC-EARLIER"))
     other = thyroid_source(study("ACC-OTHER"))
     sr = round_trip(
-        build_report(
-            thyroid_finding([current, earlier_input]), [current, earlier_input], other_evidence=[other]
-        )
+        build_report(thyroid_finding([current, earlier_input]), [current, earlier_input], other_evidence=[other])
     )
     assert_dciodvfy_clean(sr)
     assert_dsrdump_parses(sr)
