@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             label, network = resized[name] if name in resized else (name, registry.get(name))
             row = measure(network, name, [demo_job(s) for s in studies], args.repeats, label)
             print(
-                f"| {row.network} | {row.jobs} | {row.job_median_ms:.0f} | {row.job_p95_ms:.0f} | "
-                f"{row.network_median_ms:.0f} | {row.explain_median_ms:.1f} | {row.writing_median_ms:.0f} | "
+                f"| {row.network} | {row.jobs} | {row.job_median_ms:.1f} | {row.job_p95_ms:.1f} | "
+                f"{row.network_median_ms:.1f} | {row.explain_median_ms:.1f} | {row.writing_median_ms:.1f} | "
                 f"{row.outside_share:.0%} | "
                 f"{row.per_second:.1f} |",
                 flush=True,

@@ -132,6 +132,30 @@ def test_a_fully_hot_pixel_keeps_forty_percent_of_the_grey_under_the_colour() ->
     assert (white == (179, 102, 102)).all()
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["image", "heatmap"])
+def test_a_value_that_is_not_finite_is_refused(bad: float, where: str) -> None:
+    image, heat = np.full((16, 16), 0.5), np.full((16, 16), 0.5)
+    (image if where == "image" else heat)[3, 4] = bad
+    with pytest.raises(ValueError, match="finite"):
+        render_overlay(image, heat, ["x"])
+
+
+def test_values_outside_zero_to_one_are_drawn_as_the_nearest_end() -> None:
+    wild = render_overlay(np.array([[-3.0, 7.0]] * 8), np.array([[-1.0, 2.0]] * 8), ["x"])
+    tame = render_overlay(np.array([[0.0, 1.0]] * 8), np.array([[0.0, 1.0]] * 8), ["x"])
+    assert np.array_equal(wild, tame)
+
+
+def test_each_heat_level_gets_its_jet_colour_in_rgb_order() -> None:
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    heat = np.tile(np.repeat(levels, 2), (4, 1))  # 4 x 512: wide enough to be drawn unscaled
+    drawn = render_overlay(np.zeros_like(heat), heat, ["x"])[-4:].astype(float)
+    jet_bgr = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET)[:, 0]
+    expected = jet_bgr[:, ::-1] * (0.6 * levels)[:, None]  # over black: 60 % of the colour at full heat
+    assert np.abs(drawn - np.repeat(expected, 2, axis=0)[None]).max() <= 1.0
+
+
 def test_a_source_of_the_retired_nm_sop_class_gets_a_valid_heatmap() -> None:
     """NM Image Storage (Retired) is not a multi-frame class to dciodvfy: its reference names no frame."""
     retired = retired_class_thyroid_source()
