@@ -136,8 +136,8 @@ def _checked(image: np.ndarray, heatmap: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _unit_range(values: np.ndarray) -> np.ndarray:
-    """``values`` clipped to 0..1, as they are when already inside (as the networks hand them over). Found by
-    its minimum and maximum, which NaN and inf reach too: a quarter of the time of testing each value for
+    """``values`` clipped to 0..1, or themselves when already inside, as the networks hand them over. Checked
+    by their minimum and maximum, which NaN and inf reach too: a quarter of the time of testing each value for
     finiteness and clipping a copy (0.07 against 0.28 ms for a 1024 x 256 view and its heatmap)."""
     low, high = float(values.min()), float(values.max())
     if not (math.isfinite(low) and math.isfinite(high)):
