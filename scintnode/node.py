@@ -167,6 +167,7 @@ class Node:
         self.housekeeping.stop()
         self.db.dispose()
         self.pid_file.unlink(missing_ok=True)
+        self.spool.close()
         log.info("stopped")
 
     def _work(self) -> None:

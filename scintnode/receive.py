@@ -32,6 +32,7 @@ from scintnode.receive_index import (
     AssociationLog,
     ReleaseWrite,
     StoreWrite,
+    remove_unindexed_inputs,
     write_index_batch,
 )
 from scintnode.security import CallerPolicy, server_tls_context
@@ -111,7 +112,8 @@ class Receiver:
         self._lock = threading.Lock()  # guards the association table
         # shared by every association: concurrent C-STOREs share a transaction (and its fsync)
         self.index_writer: GroupCommit[StoreWrite | ReleaseWrite] = GroupCommit(
-            db.engine, lambda connection, items: write_index_batch(connection, spool, items)
+            db.engine,
+            lambda connection, items: write_index_batch(connection, items),  # looked up per batch
         )
         self._server: AcceptorServer | None = None
 
@@ -130,6 +132,7 @@ class Receiver:
         return self._server.open_connections if self._server is not None else 0
 
     def start(self) -> None:
+        remove_unindexed_inputs(self.db, self.spool)
         settings = self.settings
         acceptor = AcceptorSettings(
             max_pdu=settings.max_pdu,
@@ -275,9 +278,7 @@ class Receiver:
             )
             return exc.status, exc.reason
         try:
-            stored = self.spool.store_input(
-                data, header.study_uid, header.series_uid, header.sop_instance_uid, sync_dir=False
-            )
+            stored = self.spool.store_input(data)
         except SpoolFull as exc:
             log.error("refused instance %s: %s (status 0xA700)", sop_instance, exc)
             return OUT_OF_RESOURCES, "the node's spool is full"
@@ -286,11 +287,14 @@ class Receiver:
             return OUT_OF_RESOURCES, "the node could not write the instance"
         store = StoreWrite(header, stored, entry)
         try:
-            self.index_writer.submit(store)  # returns once the row (and the file's rename) is durable
+            self.index_writer.submit(store)  # returns once the row is durable
         except (SQLAlchemyError, OSError) as exc:
+            # the file stays: a failed commit may still have reached the disk, and its row would point here
             log.error("could not index instance %s: %s (status 0xA700)", sop_instance, exc)
             return OUT_OF_RESOURCES, "the node could not index the instance"
-        if not store.duplicate:
+        if store.duplicate:
+            self.spool.remove(stored.path)  # the index points at the first copy
+        else:
             if entry is not None:
                 entry.series.add(header.series_uid)
             self.on_change()

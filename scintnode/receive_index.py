@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from scintnode import receive_index_sqlite
-from scintnode.db import INSERT_EVENTS, Instance, Series, event_row, utcnow
+from scintnode.db import INSERT_EVENTS, Database, Event, Instance, Series, event_row, in_list_chunks, utcnow
 from scintnode.spool import Spool, StoredFile
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class ReleaseWrite:
 _INSTANCES = cast(Table, Instance.__table__)
 _SERIES = cast(Table, Series.__table__)
 # built once: SQLAlchemy then reuses their compiled form instead of building and keying a statement per call
-_KNOWN_SHA256 = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.sha256).where(
+_KNOWN_FILES = select(_INSTANCES.c.sop_instance_uid, _INSTANCES.c.sha256, _INSTANCES.c.path).where(
     _INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True))
 )
 _INSERT_INSTANCES = insert(_INSTANCES)
@@ -94,12 +94,11 @@ _RELEASE_SERIES = (
 )
 
 
-def write_index_batch(connection: Connection, spool: Spool, items: list[StoreWrite | ReleaseWrite]) -> None:
+def write_index_batch(connection: Connection, items: list[StoreWrite | ReleaseWrite]) -> None:
     """Index a batch in submission order, in the caller's transaction, with a few set-wise statements.
 
-    The folders of the batch's files are fsynced first, so no committed row can point at a rename that
-    a crash could still undo."""
-    spool.sync_folders(item.stored.folder for item in items if isinstance(item, StoreWrite))
+    Each store's file and name are already durable (`Spool.store_input`), so no committed row can point at a
+    file a crash could still undo."""
     stores: list[StoreWrite] = []
     for item in items:
         if isinstance(item, StoreWrite):
@@ -109,6 +108,30 @@ def write_index_batch(connection: Connection, spool: Spool, items: list[StoreWri
         stores = []
         connection.execute(_RELEASE_SERIES, {"series_uids": sorted(item.series_uids), "now": utcnow()})
     _write_stores(connection, stores)
+
+
+def remove_unindexed_inputs(db: Database, spool: Spool) -> int:
+    """Remove the inputs an earlier run wrote into slots but never indexed (it stopped between the file's fsync
+    and the commit, so the sender was not answered 0x0000 and still holds the instance); returns how many."""
+    written = spool.written_at_start
+    indexed: set[str] = set()
+    with db.engine.connect() as connection:
+        for chunk in in_list_chunks(written):
+            indexed.update(connection.scalars(select(_INSTANCES.c.path).where(_INSTANCES.c.path.in_(chunk))))
+        unindexed = [path for path in written if path not in indexed]
+        # a changed re-send keeps the first file, which its `replaced` event names (read only when needed:
+        # it reads every such event)
+        for chunk in in_list_chunks(unindexed):
+            old_path = Event.detail["old_path"].as_string()
+            replaced = select(old_path).where(Event.kind == "replaced", old_path.in_(chunk))
+            indexed.update(connection.scalars(replaced))
+    unindexed = [path for path in unindexed if path not in indexed]
+    for path in unindexed:
+        spool.remove(path)
+    if unindexed:
+        log.warning("removed %d input file(s) an earlier run wrote but never indexed nor acknowledged", len(unindexed))
+    written.clear()
+    return len(unindexed)
 
 
 def sqlite_driver(connection: Connection) -> sqlite3.Connection | None:
@@ -125,11 +148,11 @@ def _write_stores(connection: Connection, stores: list[StoreWrite]) -> None:
     driver = sqlite_driver(connection)
     if driver is not None:
         rows = _plan_rows(
-            stores, receive_index_sqlite.known_sha256(driver, uids), receive_index_sqlite.timestamp(utcnow())
+            stores, receive_index_sqlite.known_files(driver, uids), receive_index_sqlite.timestamp(utcnow())
         )
         receive_index_sqlite.write_rows(driver, rows.new_instances, rows.replaced, rows.series, rows.events)
         return
-    known = {row.sop_instance_uid: row.sha256 for row in connection.execute(_KNOWN_SHA256, {"uids": uids})}
+    known = {row.sop_instance_uid: (row.sha256, row.path) for row in connection.execute(_KNOWN_FILES, {"uids": uids})}
     rows = _plan_rows(stores, known, utcnow())
     if rows.new_instances:
         connection.execute(_INSERT_INSTANCES, rows.new_instances)
@@ -152,15 +175,16 @@ class _IndexRows:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _plan_rows(stores: list[StoreWrite], known: dict[str, str], now: Any) -> _IndexRows:
-    """Decide each store's rows; an identical re-send is marked duplicate and adds none. `now` is written
-    as given: a datetime for SQLAlchemy, text for the sqlite3 path."""
+def _plan_rows(stores: list[StoreWrite], known: dict[str, tuple[str, str]], now: Any) -> _IndexRows:
+    """Decide each store's rows; an identical re-send is marked duplicate and adds none. `known` holds each
+    indexed instance's content hash and file. `now` is written as given: a datetime for SQLAlchemy, text for
+    the sqlite3 path."""
     rows = _IndexRows()
     series: dict[str, dict[str, Any]] = {}
     for store in stores:
         header, stored, entry = store.header, store.stored, store.entry
         uid = header.sop_instance_uid
-        previous = known.get(uid)
+        previous, previous_path = known.get(uid, (None, None))
         if previous == stored.sha256:
             store.duplicate = True
             log.info("duplicate of instance %s ignored (identical content)", uid)
@@ -178,12 +202,13 @@ def _plan_rows(stores: list[StoreWrite], known: dict[str, str], now: Any) -> _In
                     sop_instance_uid=uid,
                     old_sha256=previous,
                     new_sha256=stored.sha256,
+                    old_path=previous_path,  # the first file is kept (see remove_unindexed_inputs)
                 )
             )
             rows.replaced.append(
                 {"uid": uid, "path": stored.path, "sha256": stored.sha256, "size": stored.size, "now": now}
             )
-        known[uid] = stored.sha256
+        known[uid] = (stored.sha256, stored.path)
         row = series.setdefault(
             header.series_uid,
             {"series_uid": header.series_uid, "study_uid": header.study_uid, "modality": header.modality}

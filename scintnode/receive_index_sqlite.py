@@ -50,13 +50,13 @@ def timestamp(moment: dt.datetime) -> str:
     return moment.strftime(_TIMESTAMP)
 
 
-def known_sha256(connection: sqlite3.Connection, uids: Sequence[str]) -> dict[str, str]:
-    """The stored content hash of each of these instances that the index already holds."""
+def known_files(connection: sqlite3.Connection, uids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The stored content hash and file of each of these instances that the index already holds."""
     placeholders = ", ".join("?" * len(uids))
     cursor = connection.execute(
-        f"SELECT sop_instance_uid, sha256 FROM instances WHERE sop_instance_uid IN ({placeholders})", uids
+        f"SELECT sop_instance_uid, sha256, path FROM instances WHERE sop_instance_uid IN ({placeholders})", uids
     )
-    return {uid: sha256 for uid, sha256 in cursor}
+    return {uid: (sha256, path) for uid, sha256, path in cursor}
 
 
 def write_rows(

@@ -13,6 +13,7 @@ from scintnode.config import ConfigError, load_settings
 from scintnode.heap_reuse import keep_freed_memory_for_reuse
 from scintnode.huge_pages import avoid_numpy_huge_pages
 from scintnode.route import RuleError
+from scintnode.spool_slots import SpoolInUse
 
 
 def configure_logging(level: str) -> None:
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> int:
         if keep_freed_memory_for_reuse():
             log.info("malloc keeps freed memory for the next job (MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES overrides)")
         node = Node(settings)
-    except (ConfigError, RuleError) as exc:
+    except (ConfigError, RuleError, SpoolInUse) as exc:
         log.error("%s", exc)
         return 2
     stop = threading.Event()

@@ -1,11 +1,12 @@
 """The spool: where received instances and written results live on disk, one file per SOP instance.
 
-Paths are built from hashes of the UIDs, never from UID text, so no sender can steer a path. Every file
-is written to a temporary name, given its final name, fsynced and its directory fsynced before anyone is
-told it exists; a file already under that name is only ever replaced by a copy already fsynced. A folder
-is made with its parent fsynced. Inputs live in 256 bucket folders chosen by series, outputs by study.
-The receiver defers the directory fsync (`sync_dir=False`) to its group commit, which syncs each folder of
-a batch once before the batch's index rows commit."""
+An input is written into a slot (scintnode/spool_slots.py): an empty file whose name was made durable ahead, so
+the file's fsync alone makes it durable, and nothing in the group commit has to sync a folder. Output paths
+are built from hashes of the UIDs, never from UID text, so no sender can steer a path; each output is written
+to a temporary name, given its final name, fsynced and its folder fsynced before anyone is told it exists, and a
+file already under that name is only ever replaced by a copy already fsynced. A folder is made with its parent
+fsynced. Inputs of earlier releases stay where they were, in 256 bucket folders by series (or study/series
+folders before those)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from scintnode.spool_slots import SlotPool, fsync_dir
 
 FILE_MODE = 0o600  # spool files hold patient data: not readable by other users
 DIR_MODE = 0o700
@@ -39,7 +41,7 @@ class StoredFile:
         return os.path.dirname(self.path)
 
 
-_BUCKETS = frozenset(f"{n:02x}" for n in range(256))  # inputs/<first two hex digits of the series digest>
+_BUCKETS = frozenset(f"{n:02x}" for n in range(256))  # inputs/<series digest's first 2 hex digits>, before slots
 
 
 def _digest(text: str) -> str:
@@ -53,15 +55,20 @@ class Spool:
         for sub in ("inputs", "outputs", "tmp"):
             _make_durable_folder(self.root / sub)
         self._inputs = self.root / "inputs"
-        # every bucket made at start, so no store waits for a folder and its parent's fsync
-        for bucket in _BUCKETS:
-            (self._inputs / bucket).mkdir(mode=DIR_MODE, exist_ok=True)
-        _fsync_dir(self._inputs)
-        # folders known to exist: saves a mkdir per file
-        self._folders: set[Path] = {self._inputs / bucket for bucket in _BUCKETS}
+        self._slots = SlotPool(self._inputs / "slots", "inputs/slots")
+        self._folders: set[Path] = set()  # folders known to exist: saves a mkdir per file
         self._folders_lock = threading.Lock()
         self._sequence = 0  # with the pid, names each temporary file uniquely
         self._sweep_dead_writers_parts()
+
+    @property
+    def written_at_start(self) -> list[str]:
+        """Inputs written into slots by an earlier run, in the slots it may not have indexed (spool_slots.py)."""
+        return self._slots.written_at_start
+
+    def close(self) -> None:
+        """Let another process use the spool's input slots."""
+        self._slots.close()
 
     def absolute(self, relative: str) -> Path:
         return self.root / relative
@@ -69,23 +76,20 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def store_input(
-        self, data: bytes, study_uid: str, series_uid: str, sop_uid: str, sync_dir: bool = True
-    ) -> StoredFile:
-        """Write an input durably; with sync_dir=False the caller must `sync_folders` before relying on it."""
-        content = hashlib.sha256(data).hexdigest()
-        series = _digest(series_uid)[:16]
-        # One of the 256 bucket folders, by series: a series stays in one folder (one folder fsync per batch),
-        # and a single-image NM series costs no folder of its own (two mkdirs and their metadata, per instance).
-        # The content hash in the name keeps a changed re-send beside the original instead of over it.
-        relative = f"inputs/{series[:2]}/{series}-{_digest(sop_uid)[:32]}-{content[:12]}.dcm"
-        self._write(relative, data, sync_dir)
-        return StoredFile(relative, content, len(data))
-
-    def sync_folders(self, folders: Iterable[str]) -> None:
-        """fsync each folder once, making the renames into it durable."""
-        for folder in set(folders):
-            _fsync_dir(self.absolute(folder))
+    def store_input(self, data: bytes) -> StoredFile:
+        """Write an input durably into the next free slot: once this returns, its file and name are on disk."""
+        self._check_space(len(data))
+        relative = self._slots.take()
+        try:
+            # no O_CREAT: a slot that has gone is an error, never a new name that is not durable
+            fd = os.open(self.absolute(relative), os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "wb", buffering=0) as handle:
+                _write_all(handle.fileno(), data)
+                os.fsync(handle.fileno())
+        except OSError:
+            self.absolute(relative).unlink(missing_ok=True)  # spent: a slot is never handed out twice
+            raise
+        return StoredFile(relative, hashlib.sha256(data).hexdigest(), len(data))
 
     def store_output(self, data: bytes, study_uid: str, sop_uid: str) -> StoredFile:
         content = hashlib.sha256(data).hexdigest()
@@ -96,9 +100,10 @@ class Spool:
     def remove(self, relative: str) -> None:
         path = self.absolute(relative)
         path.unlink(missing_ok=True)
-        # drop emptied folders up to the stage folder (bucket folders stay), so retention leaves no husks
+        # drop emptied folders up to the stage folder (bucket folders stay), so retention leaves no husks; a slot
+        # folder empties only once all its slots were handed out (a free slot is a file in it)
         for parent in path.parents:
-            if parent in (self._inputs, self.root / "outputs", self.root):
+            if parent in (self._inputs, self._slots.folder, self.root / "outputs", self.root):
                 break
             if parent.parent == self._inputs and parent.name in _BUCKETS:
                 break
@@ -107,9 +112,12 @@ class Spool:
             except OSError:
                 break
 
-    def _write(self, relative: str, data: bytes, sync_dir: bool = True) -> None:
-        if self.min_free_bytes and self.free_bytes() - len(data) < self.min_free_bytes:
+    def _check_space(self, size: int) -> None:
+        if self.min_free_bytes and self.free_bytes() - size < self.min_free_bytes:
             raise SpoolFull(f"spool {self.root} would drop below its reserve of {self.min_free_bytes} bytes")
+
+    def _write(self, relative: str, data: bytes) -> None:
+        self._check_space(len(data))
         final = self.absolute(relative)
         self._ensure_folder(final.parent)
         with self._folders_lock:
@@ -118,9 +126,7 @@ class Spool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             with os.fdopen(fd, "wb", buffering=0) as handle:
-                view = memoryview(data)
-                while view:
-                    view = view[handle.write(view) or 0 :]
+                _write_all(handle.fileno(), data)
                 # A new name is linked before the fsync, so one journal commit makes the data and the name
                 # durable together (fsync first, and ext4 pays a second commit for the name). Nobody is told of
                 # the file before this fsync and its folder's have returned.
@@ -132,13 +138,12 @@ class Spool:
                         _unlink_if_same_file(final, handle.fileno())
                     raise
                 if not linked:
-                    # The name exists: a re-send, or a file whose fsync a crash cut short. It is never trusted,
-                    # only replaced, and only by a copy already durable.
+                    # The name exists: a file written again, or one whose fsync a crash cut short. It is never
+                    # trusted, only replaced, and only by a copy already durable.
                     os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        if sync_dir:
-            _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def _sweep_dead_writers_parts(self) -> None:
         """Remove the temporary files of writers that died mid-write (a crash, a kill, power loss).
@@ -180,7 +185,13 @@ def _make_durable_folder(folder: Path) -> None:
     except FileNotFoundError:
         _make_durable_folder(folder.parent)
         folder.mkdir(mode=DIR_MODE)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _writer_pid(part_name: str) -> int | None:
@@ -232,11 +243,3 @@ def _unlink_if_same_file(path: Path, fd: int) -> None:
             path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -4,13 +4,9 @@ the supported contexts every association shares. Each test fails if its mechanis
 from __future__ import annotations
 
 import copy
-import errno
-import os
-import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from pydicom import dcmread
@@ -23,7 +19,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from scintnode import receive
-from scintnode import spool as spool_module
 from scintnode.config import NodeSettings, Settings
 from scintnode.db import Database, Event, GroupCommit, Instance, Series
 from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -34,7 +29,6 @@ from scintnode.route import RuleSet
 from scintnode.spool import Spool
 from tests.conftest import NMFactory
 
-T = TypeVar("T")
 ROWS = Table("rows", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(16)))
 
 
@@ -262,127 +256,3 @@ def test_one_routing_pass_routes_every_nm_object_received_and_audits_each_in_ord
     assert pipeline.route_ready() == 0  # routed once only
     with receiver.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Event).where(Event.kind == "complete")) == 5
-
-
-def _at_each_file_fsync(monkeypatch: pytest.MonkeyPatch, look: Callable[[], T]) -> list[T]:
-    """What `look` returns at each fsync of a file (folders' fsyncs are skipped), in order."""
-    seen: list[T] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            seen.append(look())
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return seen
-
-
-def test_a_new_spool_file_has_its_name_before_its_fsync_and_leaves_no_temporary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spool, final = _spool_with_a_free_name(tmp_path)
-    seen = _at_each_file_fsync(monkeypatch, final.exists)
-    stored = spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
-    assert seen == [True]  # one journal commit covers the data and the name
-    assert spool.absolute(stored.path).read_bytes() == b"first"
-    assert stat.S_IMODE(final.stat().st_mode) == 0o600
-    assert list((spool.root / "tmp").iterdir()) == []
-
-
-def test_a_file_already_under_its_final_name_is_replaced_by_a_durable_copy_never_trusted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # What a crash between a new name's link and its fsync can leave: the right size, lost content.
-    spool = Spool(tmp_path / "spool")
-    data = b"instance bytes" * 100
-    final = spool.absolute(spool.store_input(data, "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
-    final.write_bytes(b"\0" * len(data))
-    contents_at_fsync = _at_each_file_fsync(monkeypatch, final.read_bytes)
-    stored = spool.store_input(data, "1.2.3", "1.2.3.4", "1.2.3.4.5")
-    assert contents_at_fsync == [b"\0" * len(data)]  # the old file stays until the new copy is durable
-    assert spool.absolute(stored.path).read_bytes() == data
-    assert list((spool.root / "tmp").iterdir()) == []
-
-
-def _spool_with_a_free_name(tmp_path: Path) -> tuple[Spool, Path]:
-    """A spool, and the final name its test instance gets, left free (the file was stored, then removed)."""
-    spool = Spool(tmp_path / "spool")
-    final = spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path)
-    final.unlink()
-    return spool, final
-
-
-def _io_error() -> None:
-    raise OSError(errno.EIO, "Input/output error")
-
-
-def test_a_failed_fsync_takes_back_the_new_name_and_the_temporary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spool, final = _spool_with_a_free_name(tmp_path)
-    _at_each_file_fsync(monkeypatch, _io_error)
-    with pytest.raises(OSError):
-        spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
-    assert not final.exists()  # the sender was refused; no unindexed file is left under an input's name
-    assert list((spool.root / "tmp").iterdir()) == []
-    monkeypatch.undo()
-    assert spool.absolute(spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5").path).read_bytes() == b"first"
-
-
-def test_a_failed_fsync_leaves_a_name_that_another_write_has_since_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spool, final = _spool_with_a_free_name(tmp_path)
-
-    def replaced_then_failing() -> None:
-        # a re-send on another association replaces the name before this write's fsync fails
-        other = tmp_path / "other"
-        other.write_bytes(b"first")
-        os.replace(other, final)
-        _io_error()
-
-    _at_each_file_fsync(monkeypatch, replaced_then_failing)
-    with pytest.raises(OSError):
-        spool.store_input(b"first", "1.2.3", "1.2.3.4", "1.2.3.4.5")
-    assert final.read_bytes() == b"first"  # the other write's file is kept
-
-
-def test_series_share_bucket_folders_and_a_new_folder_has_its_parent_fsynced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[Path] = []
-    real_fsync_dir = spool_module._fsync_dir
-
-    def fsync_dir(path: Path) -> None:
-        synced.append(path)
-        real_fsync_dir(path)
-
-    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
-    spool = Spool(tmp_path / "spool")
-    inputs = spool.root / "inputs"
-    assert len(list(inputs.iterdir())) == 256 and synced[-1] == inputs  # the buckets' names are durable at start
-    synced.clear()
-    series = [f"1.2.3.{n}" for n in range(600)]  # single-image series, as NM sends them
-    stored = [spool.store_input(b"x", "1.2.3", uid, uid + ".1", sync_dir=False) for uid in series]
-    folders = {spool.absolute(file.folder) for file in stored}
-    assert {folder.parent for folder in folders} == {inputs}  # no study or series folders
-    assert 200 < len(folders) <= 256
-    assert synced == []  # no folder made, and the files' folders are left to the group commit
-    again = spool.store_input(b"y", "1.2.3", series[0], series[0] + ".2", sync_dir=False)
-    assert again.folder == stored[0].folder  # a series stays in one folder
-
-    output = spool.store_output(b"sr", "1.2.3", "1.2.3.9")  # outputs/<study>/: a new folder
-    assert synced == [spool.root / "outputs", spool.absolute(output.folder)]  # its parent first, then the file's
-
-    old_layout = inputs / "0123456789abcdef" / "fedcba9876543210"  # an earlier release's study/series folders
-    old_layout.mkdir(parents=True)
-    (old_layout / "old.dcm").write_bytes(b"z")
-    for relative in [file.path for file in stored] + [
-        again.path,
-        output.path,
-        "inputs/0123456789abcdef/fedcba9876543210/old.dcm",
-    ]:
-        spool.remove(relative)
-    assert sorted(path.name for path in inputs.iterdir()) == sorted(f"{n:02x}" for n in range(256))
-    assert not any(inputs.rglob("*.dcm")) and list((spool.root / "outputs").iterdir()) == []

@@ -96,6 +96,12 @@ def test_uid_text_never_becomes_a_path(receiver: Receiver, nm_file: NMFactory) -
     assert row.sop_instance_uid not in row.path and row.study_uid not in row.path
 
 
+def _written_inputs(spool: Spool) -> set[str]:
+    """The inputs' files that hold data (a free slot is an empty file)."""
+    slots = spool.root / "inputs" / "slots"
+    return {str(p.relative_to(spool.root)) for p in slots.rglob("*.dcm") if p.stat().st_size}
+
+
 def test_identical_duplicate_is_a_no_op_and_changed_one_is_kept(receiver: Receiver, nm_file: NMFactory) -> None:
     path = nm_file()
     assert storescu(receiver.port, path, path).returncode == 0
@@ -104,6 +110,7 @@ def test_identical_duplicate_is_a_no_op_and_changed_one_is_kept(receiver: Receiv
         first = session.get(Instance, ds.SOPInstanceUID)
         assert first is not None and len(session.scalars(select(Instance)).all()) == 1
         first_path = first.path
+    assert _written_inputs(receiver.spool) == {first_path}  # the second copy's slot is removed
     ds.SeriesDescription = "THYROID ANT corrected (synthetic)"
     ds.save_as(path, enforce_file_format=True)
     assert storescu(receiver.port, path).returncode == 0
@@ -112,6 +119,32 @@ def test_identical_duplicate_is_a_no_op_and_changed_one_is_kept(receiver: Receiv
         assert row is not None and row.path != first_path
         assert receiver.spool.absolute(first_path).exists() and receiver.spool.absolute(row.path).exists()
         assert "replaced" in session.scalars(select(Event.kind)).all()
+
+
+def test_a_restart_removes_inputs_written_but_never_indexed_and_keeps_a_replaced_first_copy(
+    tmp_path: Path, receiver: Receiver, nm_file: NMFactory
+) -> None:
+    path = nm_file()
+    assert storescu(receiver.port, path, nm_file()).returncode == 0
+    ds = dcmread(path)
+    ds.SeriesDescription = "THYROID ANT corrected (synthetic)"
+    ds.save_as(path, enforce_file_format=True)
+    assert storescu(receiver.port, path).returncode == 0  # a changed re-send: the first copy stays
+    kept = _written_inputs(receiver.spool)
+    assert len(kept) == 3
+    # what a node killed between a file's fsync and its index commit leaves: a file no row points at
+    unindexed = receiver.spool.store_input(path.read_bytes()).path
+    receiver.stop()
+    receiver.spool.close()
+    restarted = Receiver(receiver.db, Spool(tmp_path / "spool"), receiver.settings)
+    restarted.start()
+    try:
+        assert _written_inputs(restarted.spool) == kept and unindexed not in kept
+        assert storescu(restarted.port, nm_file()).returncode == 0
+    finally:
+        restarted.stop()
+    with receiver.db.session() as session:
+        assert {row.path for row in session.scalars(select(Instance))} | kept == _written_inputs(restarted.spool)
 
 
 def test_caller_not_on_the_allow_list_is_refused(receiver: Receiver, nm_file: NMFactory) -> None:

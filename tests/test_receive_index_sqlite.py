@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from scintnode import receive_index, receive_index_sqlite
 from scintnode.db import Database, Event, Instance, Series
 from scintnode.receive_index import AssociationLog, Header, ReleaseWrite, StoreWrite, write_index_batch
-from scintnode.spool import Spool, StoredFile
+from scintnode.spool import StoredFile
 
 NOW = dt.datetime(2026, 11, 24, 9, 30, 5)  # no microseconds: the text form must still carry ".000000"
 NM_CLASS = "1.2.840.10008.5.1.4.1.1.20"
@@ -26,7 +26,7 @@ SENDER = AssociationLog("assoc-1", "GAMMACAM", "10.0.0.7")
 
 def _store(uid: str, series: str, sop_class: str, modality: str, sha256: str) -> StoreWrite:
     header = Header(sop_class, uid, "1.2.3", series, "PAT-1", modality, "1.2.840.10008.1.2.1")
-    return StoreWrite(header, StoredFile(f"in/1.2.3/{series}/{uid}.dcm", sha256, 1024), SENDER)
+    return StoreWrite(header, StoredFile(f"in/1.2.3/{series}/{uid}-{sha256[:4]}.dcm", sha256, 1024), SENDER)
 
 
 def _batches() -> list[list[StoreWrite | ReleaseWrite]]:
@@ -53,14 +53,10 @@ def _index(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch, core_only
     monkeypatch.setattr(receive_index, "utcnow", lambda: NOW)
     db = Database(f"sqlite:///{tmp_path / name}.db")
     db.create_schema()
-    spool = Spool(tmp_path / f"{name}-spool")
     duplicates: list[bool] = []
     for number, batch in enumerate(_batches()):
-        for item in batch:
-            if isinstance(item, StoreWrite):
-                (spool.root / item.stored.folder).mkdir(parents=True, exist_ok=True)
         with db.engine.begin() as connection:
-            write_index_batch(connection, spool, batch)
+            write_index_batch(connection, batch)
         duplicates += [item.duplicate for item in batch if isinstance(item, StoreWrite)]
         if number == 0:  # the CT series completes before its late data and re-send arrive
             with db.engine.begin() as connection:
@@ -76,6 +72,8 @@ def _index(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch, core_only
         assert received_at == [NOW] * 6  # the text reads back as the moment
         kinds = connection.scalars(select(Event.kind).order_by(Event.id)).all()
         assert kinds == ["received"] * 3 + ["replaced"] + ["received"] * 4
+        replaced = connection.scalar(select(Event.detail).where(Event.kind == "replaced"))
+        assert replaced["old_path"] == "in/1.2.3/1.2.3.20/1.2.3.2-bbbb.dcm"  # the first file, kept
     db.dispose()
     monkeypatch.undo()
     return tables, duplicates

@@ -175,6 +175,9 @@ def test_twenty_sigkills_while_four_senders_stream_lose_and_duplicate_nothing(tm
         assert sorted(acknowledged) == all_sent and len(set(acknowledged)) == len(acknowledged)
         assert sorted(rows) == all_sent  # each answered instance stored, once (the primary key)
         assert not list((tmp_path / "spool" / "tmp").glob("*.part"))  # a restart sweeps what a kill cut short
+        slots = tmp_path / "spool" / "inputs" / "slots"
+        written = {str(p.relative_to(tmp_path / "spool")) for p in slots.rglob("*.dcm") if p.stat().st_size}
+        assert written == {row.path for row in rows.values()}  # and what it wrote but never indexed
         for row in rows.values():
             stored = (tmp_path / "spool" / row.path).read_bytes()
             assert hashlib.sha256(stored).hexdigest() == row.sha256

@@ -315,8 +315,9 @@ def test_spool_and_index_cannot_be_read_by_another_user(tmp_path: Path) -> None:
         assert store(receiver.port, nm_image(tmp_path), "ANYCAM") == 0x0000
     finally:
         receiver.stop()
-    stored = [p for p in (tmp_path / "spool" / "inputs").rglob("*.dcm")]
-    assert len(stored) == 1 and (stored[0].stat().st_mode & 0o077) == 0
+    files = list((tmp_path / "spool" / "inputs").rglob("*.dcm"))  # the instance, and the free slots (empty)
+    stored = [p for p in files if p.stat().st_size]
+    assert len(stored) == 1 and all(p.stat().st_mode & 0o077 == 0 for p in files)
     for path in (stored[0], tmp_path / "spool" / "inputs"):
         result = subprocess.run(
             [
