@@ -59,12 +59,19 @@ def test_an_input_costs_one_fsync_in_a_slot_whose_name_was_made_durable_ahead(
     assert list((spool.root / "tmp").iterdir()) == []
 
 
+def _spool_with_small_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_folder: int, refill_below: int
+) -> Spool:
+    """A spool whose slot folders hold `per_folder` slots, one added when fewer than `refill_below` are left."""
+    monkeypatch.setattr(spool_slots, "SLOTS_PER_FOLDER", per_folder)
+    monkeypatch.setattr(spool_slots, "REFILL_BELOW", refill_below)
+    return Spool(tmp_path / "spool")
+
+
 def test_slots_are_added_before_they_run_out_and_no_slot_serves_two_inputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool_slots, "SLOTS_PER_FOLDER", 16)
-    monkeypatch.setattr(spool_slots, "REFILL_BELOW", 4)
-    spool = Spool(tmp_path / "spool")
+    spool = _spool_with_small_folders(tmp_path, monkeypatch, 16, 4)
     stored: list[str] = []
 
     def send(sender: int) -> None:
@@ -87,9 +94,7 @@ def test_slots_are_added_before_they_run_out_and_no_slot_serves_two_inputs(
 def test_slots_that_cannot_be_added_refuse_an_input_only_once_none_is_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool_slots, "SLOTS_PER_FOLDER", 8)
-    monkeypatch.setattr(spool_slots, "REFILL_BELOW", 4)
-    spool = Spool(tmp_path / "spool")
+    spool = _spool_with_small_folders(tmp_path, monkeypatch, 8, 4)
 
     def disk_full(self: spool_slots.SlotPool) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -156,9 +161,7 @@ def test_a_failed_write_spends_its_slot(tmp_path: Path, monkeypatch: pytest.Monk
 def test_removing_inputs_drops_emptied_folders_but_keeps_the_stage_and_slot_folders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool_slots, "SLOTS_PER_FOLDER", 8)
-    monkeypatch.setattr(spool_slots, "REFILL_BELOW", 2)
-    spool = Spool(tmp_path / "spool")
+    spool = _spool_with_small_folders(tmp_path, monkeypatch, 8, 2)
     inputs = spool.root / "inputs"
     stored = [spool.store_input(b"x").path for _ in range(8)]  # the first folder, every slot handed out
     old_layout = inputs / "0123456789abcdef" / "fedcba9876543210"  # an earlier release's study/series folders
