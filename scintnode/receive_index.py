@@ -130,7 +130,6 @@ def remove_unindexed_inputs(db: Database, spool: Spool) -> int:
         spool.remove(path)
     if unindexed:
         log.warning("removed %d input file(s) an earlier run wrote but never indexed nor acknowledged", len(unindexed))
-    written.clear()
     return len(unindexed)
 
 

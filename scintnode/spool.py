@@ -18,10 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from scintnode.spool_slots import SlotPool, fsync_dir
-
-FILE_MODE = 0o600  # spool files hold patient data: not readable by other users
-DIR_MODE = 0o700
+from scintnode.spool_slots import DIR_MODE, FILE_MODE, SlotPool, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +80,11 @@ class Spool:
         try:
             # no O_CREAT: a slot that has gone is an error, never a new name that is not durable
             fd = os.open(self.absolute(relative), os.O_WRONLY | os.O_TRUNC)
-            with os.fdopen(fd, "wb", buffering=0) as handle:
-                _write_all(handle.fileno(), data)
-                os.fsync(handle.fileno())
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError:
             self.absolute(relative).unlink(missing_ok=True)  # spent: a slot is never handed out twice
             raise
@@ -125,23 +124,23 @@ class Spool:
             tmp = self.root / "tmp" / f"{final.name}.{os.getpid()}.{self._sequence}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            with os.fdopen(fd, "wb", buffering=0) as handle:
-                _write_all(handle.fileno(), data)
-                # A new name is linked before the fsync, so one journal commit makes the data and the name
-                # durable together (fsync first, and ext4 pays a second commit for the name). Nobody is told of
-                # the file before this fsync and its folder's have returned.
-                linked = _link_if_absent(tmp, final)
-                try:
-                    os.fsync(handle.fileno())
-                except OSError:
-                    if linked:
-                        _unlink_if_same_file(final, handle.fileno())
-                    raise
-                if not linked:
-                    # The name exists: a file written again, or one whose fsync a crash cut short. It is never
-                    # trusted, only replaced, and only by a copy already durable.
-                    os.replace(tmp, final)
+            _write_all(fd, data)
+            # A new name is linked before the fsync, so one journal commit makes the data and the name
+            # durable together (fsync first, and ext4 pays a second commit for the name). Nobody is told of
+            # the file before this fsync and its folder's have returned.
+            linked = _link_if_absent(tmp, final)
+            try:
+                os.fsync(fd)
+            except OSError:
+                if linked:
+                    _unlink_if_same_file(final, fd)
+                raise
+            if not linked:
+                # The name exists: a file written again, or one whose fsync a crash cut short. It is never
+                # trusted, only replaced, and only by a copy already durable.
+                os.replace(tmp, final)
         finally:
+            os.close(fd)
             tmp.unlink(missing_ok=True)
         fsync_dir(final.parent)
 

@@ -29,7 +29,7 @@ SLOTS_PER_FOLDER = 256
 REFILL_BELOW = 64
 # Free and unindexed slots lie in the newest two folders (see above); a third is read at start as a margin.
 SCANNED_AT_START = 3
-FILE_MODE = 0o600  # slots hold patient data: not readable by other users
+FILE_MODE = 0o600  # spool files hold patient data: not readable by other users
 DIR_MODE = 0o700
 
 
