@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -25,6 +26,8 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -39,6 +42,15 @@ def utcnow() -> dt.datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+def _not_purged_index(table: str, time_column: str) -> Index:
+    """Files retention has not removed yet, oldest first: its pass reads these, not the purged history
+    (retention.py; "purged" is its PURGED, kept literal here because the index's condition must be)."""
+    condition = text("path != 'purged'")
+    return Index(
+        f"ix_{table}_not_purged", time_column, "sop_instance_uid", sqlite_where=condition, postgresql_where=condition
+    )
 
 
 class Instance(Base):
@@ -61,6 +73,8 @@ class Instance(Base):
     association_id: Mapped[str] = mapped_column(String(64), default="", index=True)
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     routed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+
+    __table_args__ = (_not_purged_index("instances", "received_at"),)
 
 
 class Series(Base):
@@ -156,6 +170,8 @@ class Output(Base):
     path: Mapped[str] = mapped_column(Text)  # relative to the spool root
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
+    __table_args__ = (_not_purged_index("outputs", "created_at"),)
+
 
 class Delivery(Base):
     """A durable queue entry: one output to one destination, retried until it lands or is dead-lettered."""
@@ -230,7 +246,15 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
+        """Create the tables, and the indexes a later release added to tables an earlier one made."""
         Base.metadata.create_all(self.engine)
+        existing = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            have = {index["name"] for index in existing.get_indexes(table.name)}
+            for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                if index.name not in have:
+                    log.info("adding index %s to the %s table (once; this release uses it)", index.name, table.name)
+                    index.create(self.engine, checkfirst=True)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,51 +1,110 @@
 """Retention: deletes spooled files the node no longer needs, once they are older than the retention period.
 
-Inputs go once every job on them has finished; outputs once every delivery of them has ended (sent or
-dead-lettered and left there). Index rows stay (they are small and make the audit trail)."""
+Inputs go once they are routed and no pending or running job reads them; outputs once no delivery of them
+is pending (sent, or dead-lettered and left there). Index rows stay, their path set to "purged" (they are
+small and make the audit trail).
+
+A pass works through the expired files in batches. Each batch is read, its files removed, and its rows
+marked in a short transaction of its own, so the receiver's commits never wait behind a pass and memory
+stays bounded. A pass over a backlog (a lowered `retention_days`, a node that was stopped for weeks) once
+held one transaction for minutes and the ORM objects of every expired row. The rows are found through
+partial indexes of the files not purged yet (`db.py`), so an hourly pass does not read the purged history."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Select, Table, bindparam, literal, select, tuple_, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from scintnode.db import Database, Delivery, Instance, Job, Output, utcnow
+from scintnode.db import Database, Delivery, Instance, Job, Output, in_list_chunks, utcnow
 from scintnode.spool import Spool
 
 log = logging.getLogger(__name__)
 
 PURGED = "purged"  # path value of an index row whose file retention removed
+BATCH = 500  # rows read, removed and marked per transaction
+# rendered into the SQL, not bound: SQLite uses a partial index only when the query repeats its condition
+NOT_PURGED = literal(PURGED, literal_execute=True)
 
 
-def purge_expired(db: Database, spool: Spool, retention_days: float, now: dt.datetime | None = None) -> int:
+def purge_expired(
+    db: Database, spool: Spool, retention_days: float, now: dt.datetime | None = None, batch: int = BATCH
+) -> int:
+    """Remove the expired inputs and outputs; returns how many files were removed."""
     cutoff = (now or utcnow()) - dt.timedelta(days=retention_days)
-    removed = 0
-    with db.session() as session:
-        busy_inputs: set[str] = set()
-        for inputs in session.scalars(select(Job.inputs).where(Job.state.in_(("pending", "running")))):
-            busy_inputs.update(inputs)
-        for instance in session.scalars(
-            select(Instance).where(
-                Instance.received_at < cutoff, Instance.routed_at.is_not(None), Instance.path != PURGED
-            )
-        ):
-            if instance.sop_instance_uid in busy_inputs:
-                continue
-            spool.remove(instance.path)
-            instance.path = PURGED
-            removed += 1
-        for output in session.scalars(select(Output).where(Output.created_at < cutoff, Output.path != PURGED)):
-            open_deliveries = session.scalar(
-                select(Delivery.id).where(
-                    Delivery.sop_instance_uid == output.sop_instance_uid, Delivery.state == "pending"
-                )
-            )
-            if open_deliveries is not None:
-                continue
-            spool.remove(output.path)
-            output.path = PURGED
-            removed += 1
+    inputs = select(Instance.sop_instance_uid, Instance.path, Instance.received_at).where(
+        Instance.path != NOT_PURGED, Instance.received_at < cutoff, Instance.routed_at.is_not(None)
+    )
+    outputs = select(Output.sop_instance_uid, Output.path, Output.created_at).where(
+        Output.path != NOT_PURGED, Output.created_at < cutoff
+    )
+    removed = _purge(db, spool, inputs, Instance, Instance.received_at, _busy_inputs, batch)
+    removed += _purge(db, spool, outputs, Output, Output.created_at, _undelivered, batch)
     if removed:
         log.info("retention removed %d spooled file(s) older than %.1f days", removed, retention_days)
     return removed
+
+
+def _purge(
+    db: Database,
+    spool: Spool,
+    expired: Select[str, str, dt.datetime],
+    table: type[Instance] | type[Output],
+    time_column: InstrumentedAttribute[dt.datetime],
+    kept: Callable[[Session, list[str]], set[str]],
+    batch: int,
+) -> int:
+    """Walk the expired rows oldest first, a batch at a time, and remove the files of those not `kept`."""
+    removed = 0
+    after: tuple[dt.datetime, str] | None = None
+    while True:
+        query = expired.order_by(time_column, table.sop_instance_uid).limit(batch)
+        if after is not None:
+            query = query.where(tuple_(time_column, table.sop_instance_uid) > tuple_(*after))
+        with db.session() as session:
+            rows = session.execute(query).all()
+            keep = kept(session, [uid for uid, _, _ in rows]) if rows else set()
+        if not rows:
+            return removed
+        after = (rows[-1][2], rows[-1][0])
+        gone = [(uid, path) for uid, path, _ in rows if uid not in keep]
+        for _, path in gone:
+            spool.remove(path)
+        if gone:
+            # a row whose file changed since it was read (an input re-sent with other content) keeps it
+            rows_table = cast(Table, table.__table__)
+            mark = (
+                update(rows_table)
+                .where(rows_table.c.sop_instance_uid == bindparam("uid"), rows_table.c.path == bindparam("old"))
+                .values(path=PURGED)
+            )
+            with db.session() as session:
+                session.connection().execute(mark, [{"uid": uid, "old": path} for uid, path in gone])
+        removed += len(gone)
+
+
+def _busy_inputs(session: Session, uids: list[str]) -> set[str]:
+    """Those of `uids` that a pending or running job still reads."""
+    wanted = set(uids)
+    busy: set[str] = set()
+    for inputs in session.scalars(select(Job.inputs).where(Job.state.in_(("pending", "running")))):
+        busy.update(wanted.intersection(inputs))
+    return busy
+
+
+def _undelivered(session: Session, uids: list[str]) -> set[str]:
+    """Those of `uids` with a delivery still pending."""
+    pending: set[str] = set()
+    for chunk in in_list_chunks(uids):
+        pending.update(
+            session.scalars(
+                select(Delivery.sop_instance_uid).where(
+                    Delivery.sop_instance_uid.in_(chunk), Delivery.state == "pending"
+                )
+            )
+        )
+    return pending

@@ -3,6 +3,7 @@ set, twenty reloads under four streaming senders, fixtures, replay, and the audi
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 
 from scintnode.audit_cli import main as audit
 from scintnode.config import DEFAULT_RULES_DIR, Settings
-from scintnode.db import Database, Event, Instance, Job, RuleSetRecord
+from scintnode.db import Database, Event, Instance, Job, RuleSetRecord, utcnow
 from scintnode.node import Node
 from scintnode.orthanc import free_port
 from scintnode.route.cli import main as rules_cli
@@ -224,3 +225,58 @@ def test_audit_prints_the_study_timeline_without_patient_names(
         assert kind in shown
     assert "calling_ae=AUDITCAM" in shown and "address=127.0.0.1" in shown and "layer=nm-object" in shown
     assert "SYNTHETIC^SCAN" not in shown
+
+
+def test_replay_reads_only_its_window_and_skips_a_header_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A week's replay beside older history: the older series are not read at all, and an unreadable header
+    is named and skipped while the others are still replayed."""
+    spool = tmp_path / "spool"
+    (spool / "inputs").mkdir(parents=True)
+    db = Database(f"sqlite:///{spool / 'index.db'}")
+    db.create_schema()
+    now = utcnow()
+    series: dict[str, tuple[Path, dt.datetime]] = {}
+    for name, routed in (("recent", now), ("unreadable", now), ("old", now - dt.timedelta(days=10))):
+        scan = planar_scan(spool / "inputs", f"SYNREPLAY{name.upper()}")
+        if name == "unreadable":
+            scan.write_bytes(b"not DICOM")
+        series[name] = (scan, routed)
+    with db.session() as session:
+        for number, (name, (scan, routed)) in enumerate(series.items()):
+            uid = f"1.2.826.0.1.3680043.8.498.{number}"
+            session.add(
+                Instance(
+                    sop_instance_uid=uid + ".1",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.20",
+                    study_uid=uid + ".2",
+                    series_uid=f"series-{name}",
+                    path=str(scan.relative_to(spool)),
+                    sha256="0" * 64,
+                    size=1,
+                    received_at=routed,
+                    routed_at=routed,
+                )
+            )
+            db.record_event(session, uid + ".2", "matched", series_uid=f"series-{name}", rule="some-old-rule")
+    db.dispose()
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"root": str(spool)},
+                "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}},
+            }
+        )
+    )
+    capsys.readouterr()
+
+    assert rules_cli(["replay", "--since", "7d", "--config", str(config)]) == 0
+
+    shown = capsys.readouterr().out
+    assert "replaying 2 input series since 7d" in shown
+    assert f"series series-unreadable: header unreadable ({series['unreadable'][0]}" in shown
+    assert "series series-recent (study" in shown and "was ['some-old-rule']" in shown
+    assert "series-old" not in shown
+    assert "1 of 1 series would route differently" in shown

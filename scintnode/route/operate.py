@@ -4,18 +4,21 @@ Route stage, for ops staff: both read the node's index (and spool), so they work
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import TextIO, cast
+from typing import NamedTuple, TextIO, cast
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from scintnode.config import ConfigError, load_settings
-from scintnode.db import Database, Event, Instance, utcnow
+from scintnode.db import Database, Event, Instance, in_list_chunks, utcnow
 from scintnode.route.dsl import _duration
 from scintnode.route.fixtures import route_of
 from scintnode.route.loader import check_rule_set
@@ -87,35 +90,35 @@ def replay(config: Path | None, rules: Path | None, since: str, out: TextIO, err
         for error in errors:
             print(f"error: {error}", file=err)
         return 1
-    cutoff = utcnow().timestamp() - seconds
+    cutoff = utcnow() - dt.timedelta(seconds=seconds)
     db = Database(settings.database_url)
     root = settings.storage.root.resolve()
     changed = examined = 0
     try:
         with db.session() as session:
-            fired: dict[str, set[str]] = defaultdict(set)
-            for event in session.scalars(select(Event).where(Event.kind == "matched")):
-                fired[str(event.detail.get("series_uid"))].add(str(event.detail.get("rule")))
-            units: dict[str, Instance] = {}
-            for instance in session.scalars(select(Instance).where(Instance.routed_at.is_not(None))):
-                if instance.routed_at is not None and instance.routed_at.timestamp() >= cutoff:
-                    units.setdefault(instance.series_uid, instance)
+            units = _routed_series_since(session, cutoff)
+            fired = _rules_fired(session, sorted({unit.study_uid for unit in units.values()}))
         print(
             f"replaying {len(units)} input series since {since} on rule set {rule_set.version[:12]} from {directory}",
             file=out,
         )
-        for series_uid, instance in sorted(units.items(), key=lambda kv: kv[1].received_at):
-            path = root / instance.path
+        for series_uid, unit in sorted(units.items(), key=lambda kv: kv[1].received_at):
+            path = root / unit.path
             if not path.exists():
                 print(f"  series {series_uid}: header no longer in the spool (retention); skipped", file=out)
                 continue
+            try:
+                header = dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                print(f"  series {series_uid}: header unreadable ({path}: {exc}); skipped", file=out)
+                continue
             examined += 1
-            route = route_of(rule_set, dcmread(path, stop_before_pixels=True))
+            route = route_of(rule_set, header)
             before, after = sorted(fired.get(series_uid, set())), list(cast(list[str], route["fires"]))
             if before != after:
                 changed += 1
                 print(
-                    f"  series {series_uid} (study {instance.study_uid}): was {before or 'no rule'}, "
+                    f"  series {series_uid} (study {unit.study_uid}): was {before or 'no rule'}, "
                     f"would be {after or 'no rule'} {route['slots'] or ''}",
                     file=out,
                 )
@@ -123,3 +126,32 @@ def replay(config: Path | None, rules: Path | None, since: str, out: TextIO, err
         return 0
     finally:
         db.dispose()
+
+
+class _Unit(NamedTuple):
+    study_uid: str
+    path: str
+    received_at: dt.datetime
+
+
+def _routed_series_since(session: Session, cutoff: dt.datetime) -> dict[str, _Unit]:
+    """Each series routed since `cutoff`, by its first instance received: read through the routed_at index,
+    columns only, so a replay of a week beside months of history reads that week."""
+    units: dict[str, _Unit] = {}
+    query = (
+        select(Instance.series_uid, Instance.study_uid, Instance.path, Instance.received_at)
+        .where(Instance.routed_at >= cutoff)
+        .order_by(Instance.received_at)
+    )
+    for series_uid, study_uid, path, received_at in session.execute(query):
+        units.setdefault(series_uid, _Unit(study_uid, path, received_at))
+    return units
+
+
+def _rules_fired(session: Session, study_uids: list[str]) -> dict[str, set[str]]:
+    """The rules that matched each series of these studies, from their `matched` events."""
+    fired: dict[str, set[str]] = defaultdict(set)
+    for chunk in in_list_chunks(study_uids):
+        for detail in session.scalars(select(Event.detail).where(Event.study_uid.in_(chunk), Event.kind == "matched")):
+            fired[str(detail.get("series_uid"))].add(str(detail.get("rule")))
+    return fired
