@@ -11,6 +11,7 @@ what is measured is receive: bytes on disk (fsync) and indexed before success is
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -79,9 +80,14 @@ def _wait_echo(port: int, ae: str, timeout: float = 60) -> None:
 
 
 @contextmanager
-def scintnode(workdir: Path) -> Iterator[Receiver]:
+def scintnode(workdir: Path, index: Path | None = None) -> Iterator[Receiver]:
+    """`scintnode serve` with no rules; on a copy of `index` (an aged one, benchmarks/aged_index.py) if given."""
     rules = workdir / "no-rules"
     rules.mkdir(parents=True, exist_ok=True)
+    if index is not None:
+        (workdir / "spool").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(index, workdir / "spool" / "index.db")
+        os.sync()  # the copy's writeback would otherwise land in the timed run, behind the node's first fsyncs
     config = workdir / "node.yaml"
     config.write_text(
         f"node: {{port: 0, bind_address: 127.0.0.1}}\nstorage: {{root: {workdir / 'spool'}}}\n"
@@ -102,7 +108,7 @@ def scintnode(workdir: Path) -> Iterator[Receiver]:
             break
     _wait_echo(port, "SCINTNODE")
     try:
-        yield Receiver("scintnode", port, "SCINTNODE", process.pid)
+        yield Receiver("scintnode" if index is None else "scintnode, aged index", port, "SCINTNODE", process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -207,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write every run as JSON")
     parser.add_argument(
+        "--aged-index",
+        type=Path,
+        help="also run scintnode on a copy of this index (receiver scintnode-aged), as a node that has run for"
+        " months would receive: make one with benchmarks/aged_index.py",
+    )
+    parser.add_argument(
         "--under",
         type=Path,
         help="make the working folder (the sets and every receiver's storage) in this folder instead of the system's"
@@ -214,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         " disk",
     )
     args = parser.parse_args(argv)
+    if args.aged_index is not None:
+        RECEIVERS["scintnode-aged"] = functools.partial(scintnode, index=args.aged_index.resolve())
+        if "scintnode-aged" not in args.receivers.split(","):
+            args.receivers += ",scintnode-aged"
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             print(f"{tool} not found: install dcmtk (scripts/setup.sh does)")
@@ -254,6 +270,9 @@ def _measure(args: argparse.Namespace, workdir: Path) -> int:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     print()
     print(table(rows))
+    aged = [row for row in rows if row.receiver == "scintnode, aged index"]
+    for row in aged:
+        print(f"aged index x empty index, {row.dataset} x{row.associations}: {_ratio(row, rows, 'scintnode')}")
     return 0
 
 
