@@ -5,8 +5,8 @@ is pending (sent, or dead-lettered and left there). Index rows stay, their path 
 small and make the audit trail).
 
 A pass works through the expired files in batches. Each batch is read, its files removed, and its rows
-marked in a short transaction of its own, so the receiver's commits never wait behind a pass and memory
-stays bounded. A pass over a backlog (a lowered `retention_days`, a node that was stopped for weeks) once
+marked in a short transaction of its own, so the receiver's commits wait at most for one batch's marks and
+memory stays bounded. A pass over a backlog (a lowered `retention_days`, a node that was stopped for weeks) once
 held one transaction for minutes and the ORM objects of every expired row. The rows are found through
 partial indexes of the files not purged yet (`db.py`), so an hourly pass does not read the purged history."""
 
