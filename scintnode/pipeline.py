@@ -40,9 +40,10 @@ _MARK_ROUTED = (
     .where(_INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
     .values(routed_at=bindparam("now"))
 )
-_EPISODE_DUE = (
-    select(_EPISODES.c.id).where(_EPISODES.c.state == "open", _EPISODES.c.deadline_at <= bindparam("now")).limit(1)
-)
+_EPISODE_DUE = select(_EPISODES.c.id).where(_EPISODES.c.state == "open", _EPISODES.c.deadline_at <= bindparam("now"))
+# an episode left open past its deadline (keep-waiting, or its rule lost its episode) is reported once; after
+# that only a rule set change can change what its deadline means
+_UNREPORTED_EPISODE_DUE = _EPISODE_DUE.where(_EPISODES.c.deadline_reported.is_(False))
 
 
 def idempotency_key(rule_name: str, network: str, instance_uids: list[str]) -> str:
@@ -75,10 +76,12 @@ def _mark_routed(session: Session, uids: list[str], now: dt.datetime) -> None:
         session.connection().execute(_MARK_ROUTED, {"uids": chunk, "now": now})
 
 
-def _episodes_due(session: Session, now: dt.datetime) -> bool:
-    """Whether any open episode's deadline has passed: a cheap check before the full deadline pass."""
+def _episodes_due(session: Session, now: dt.datetime, include_reported: bool) -> bool:
+    """Whether any open episode's deadline has passed (and was not reported yet, unless `include_reported`):
+    a cheap check before the full deadline pass."""
     session.flush()
-    return session.connection().execute(_EPISODE_DUE, {"now": now}).first() is not None
+    query = _EPISODE_DUE if include_reported else _UNREPORTED_EPISODE_DUE
+    return session.connection().execute(query.limit(1), {"now": now}).first() is not None
 
 
 class Pipeline:
@@ -105,6 +108,7 @@ class Pipeline:
         # during a burst, passes start at most this often, so each routes (and commits) many arrivals at once;
         # the first arrival after a quiet spell is routed at once
         self.min_pass_seconds = 0.05
+        self._deadlines_read_with: str | None = None  # the rule set the last deadline pass read every due episode with
         self._last_pass = -math.inf
         self.watchdog = JobWatchdog(settings.job_time_limit_seconds, self._fail)
 
@@ -148,10 +152,12 @@ class Pipeline:
             for unit in units:
                 created += self._route_unit(session, rule_set, shadow, unit, now, events)
             events.flush()
-            if _episodes_due(session, now):
+            recheck = rule_set.version != self._deadlines_read_with  # at start, and after a reload
+            if _episodes_due(session, now, include_reported=recheck):
                 rules = {rule.name: rule for rule in rule_set.rules}
-                for request in self.episodes.expire(session, rules, now):
+                for request in self.episodes.expire(session, rules, now, include_reported=recheck):
                     created += self._create_job(session, rule_set.version, request)
+        self._deadlines_read_with = rule_set.version
         return created
 
     def _route_unit(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from scintnode.config import DEFAULT_RULES_DIR, Settings
 from scintnode.db import Episode, Event, Job, Output
@@ -317,3 +317,33 @@ def test_status_shows_open_episodes_with_their_slots_and_deadline(
     assert "Open episodes: 1" in shown
     assert "parathyroid-mibi-episode" in shown and "SYNSTATUS" in shown and "early (1 inst)" in shown
     assert "deadline" in shown
+
+
+def test_a_waiting_episode_is_reported_once_and_read_again_only_when_the_rules_change(
+    clinic: Clinic, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """keep-waiting leaves the episode open past its deadline. The routing passes that follow (five a second
+    here) do not read it again: read in every pass, such episodes cost 0.14 ms each, and they add up over
+    months. A rule change may change what its deadline means, so a reload reads it once more."""
+    files = parathyroid_set(clinic, "SYNWAITING")
+    rules = short_deadline_rules(tmp_path, "keep-waiting")
+    node = start_node(rules)
+    send(node, files["early"])
+    wait_for(node, lambda: bool(events(node, "episode-waiting")))
+    member_reads: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *_: object) -> None:
+        if "FROM episode_members" in statement:
+            member_reads.append(statement)
+
+    event.listen(node.db.engine, "before_cursor_execute", count)
+    passes = node.pipeline._last_pass
+    harness.wait_for(lambda: node.pipeline._last_pass > passes + 1.0, timeout=30)
+    event.remove(node.db.engine, "before_cursor_execute", count)
+    assert member_reads == []
+    assert len(events(node, "episode-waiting")) == 1
+
+    policy = rules / "parathyroid.yaml"
+    policy.write_text(policy.read_text().replace("on_deadline: keep-waiting", "on_deadline: give-up"))
+    wait_for(node, lambda: bool(events(node, "episode-gave-up")))
+    assert jobs(node) == []
