@@ -21,6 +21,10 @@ from scintnode.route.facts import NMFacts, acquisition_moment
 
 log = logging.getLogger(__name__)
 
+# due episodes one routing pass applies deadlines to: about 1.3 ms each, so a node back from a long stop with
+# thousands due holds the index for a fraction of a second a pass, not for tens of seconds in one
+EXPIRE_BATCH = 200
+
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -156,16 +160,30 @@ class EpisodeKeeper:
         return self._ready(session, rule, plan, episode, supersedes, at_deadline=False)
 
     def expire(
-        self, session: Session, rules: dict[str, Rule], now: dt.datetime, include_reported: bool
+        self,
+        session: Session,
+        rules: dict[str, Rule],
+        now: dt.datetime,
+        include_reported: bool,
+        batch: int = EXPIRE_BATCH,
     ) -> list[JobRequest]:
-        """Apply each open episode's deadline policy once its deadline has passed. An episode left open past it
-        (keep-waiting, or its rule lost its episode) was reported once; it is read again only with
-        `include_reported`, when the rules changed: 0.14 ms an episode, in every routing pass, added up."""
+        """Apply the deadline policy of up to `batch` open episodes whose deadline has passed, earliest first;
+        the next routing pass takes the next ones (a pass is one transaction, which the receiver waits behind).
+
+        An episode left open past its deadline (keep-waiting, or its rule lost its episode) was reported once;
+        it is read again only with `include_reported`, when the rules changed: 0.14 ms an episode, in every
+        routing pass, added up."""
         requests: list[JobRequest] = []
-        query = select(Episode).where(Episode.state == "open", Episode.deadline_at <= now)
-        if not include_reported:
-            query = query.where(Episode.deadline_reported.is_(False))
-        due = session.scalars(query).all()
+        overdue = select(Episode).where(Episode.state == "open", Episode.deadline_at <= now)
+        due = list(
+            session.scalars(
+                overdue.where(Episode.deadline_reported.is_(False))
+                .order_by(Episode.deadline_at, Episode.id)
+                .limit(batch)
+            )
+        )
+        if include_reported:
+            due += session.scalars(overdue.where(Episode.deadline_reported.is_(True)))
         for episode in due:
             rule = rules.get(episode.rule_name)
             members = self._members(session, episode.id)

@@ -18,12 +18,14 @@ from pydicom.uid import generate_uid
 from sqlalchemy import event, select
 
 from scintnode.config import DEFAULT_RULES_DIR, Settings
-from scintnode.db import Episode, Event, Job, Output
+from scintnode.db import Database, Episode, Event, Job, Output
+from scintnode.episodes import EpisodeKeeper
 from scintnode.implementation import IMPLEMENTATION_CLASS_UID
 from scintnode.node import Node
 from scintnode.orthanc import free_port
 from scintnode.phantoms import nm
 from scintnode.phantoms.ct import Contrast, build_ct_series
+from scintnode.route.loader import check_rule_set
 from scintnode.storescu import send_files
 from tests import harness
 from tests.harness import planar_scan
@@ -347,3 +349,38 @@ def test_a_waiting_episode_is_reported_once_and_read_again_only_when_the_rules_c
     policy.write_text(policy.read_text().replace("on_deadline: keep-waiting", "on_deadline: give-up"))
     wait_for(node, lambda: bool(events(node, "episode-gave-up")))
     assert jobs(node) == []
+
+
+def test_a_deadline_pass_gives_up_a_bounded_batch_earliest_first(tmp_path: Path) -> None:
+    """Each routing pass is one transaction the receiver waits behind: a node back from a long stop applies the
+    deadlines of its many due episodes a batch a pass. The reported ones a rule change makes it read again are
+    all read in that pass, whatever the batch."""
+    rule_set, errors = check_rule_set(short_deadline_rules(tmp_path, "give-up"))
+    assert rule_set is not None, errors
+    rules = {rule.name: rule for rule in rule_set.rules}
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    db.create_schema()
+    now = dt.datetime(2026, 12, 7, 12, 0)
+    with db.session() as session:
+        for number in range(8):
+            session.add(
+                Episode(
+                    rule_name="parathyroid-mibi-episode",
+                    join_key=f"SYNBATCH{number}|",
+                    ruleset_version="v",
+                    first_acquired_at=now,
+                    deadline_at=now - dt.timedelta(hours=8 - number),  # the lower ids are due first
+                    deadline_reported=number >= 5,  # three left waiting by an earlier keep-waiting rule
+                )
+            )
+    keeper = EpisodeKeeper(db)
+
+    def gave_up_after_a_pass(include_reported: bool) -> list[int]:
+        with db.session() as session:
+            keeper.expire(session, rules, now, include_reported=include_reported, batch=2)
+        with db.session() as session:
+            return sorted(session.scalars(select(Episode.id).where(Episode.state == "gave-up")))
+
+    assert gave_up_after_a_pass(include_reported=False) == [1, 2]
+    assert gave_up_after_a_pass(include_reported=True) == [1, 2, 3, 4, 6, 7, 8]
+    assert gave_up_after_a_pass(include_reported=False) == [1, 2, 3, 4, 5, 6, 7, 8]
