@@ -40,7 +40,9 @@ _MARK_ROUTED = (
     .where(_INSTANCES.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
     .values(routed_at=bindparam("now"))
 )
-_EPISODE_DUE = select(_EPISODES.c.id).where(_EPISODES.c.state == "open", _EPISODES.c.deadline_at <= bindparam("now"))
+_EPISODE_DUE = (
+    select(_EPISODES.c.id).where(_EPISODES.c.state == "open", _EPISODES.c.deadline_at <= bindparam("now")).limit(1)
+)
 # an episode left open past its deadline (keep-waiting, or its rule lost its episode) is reported once; after
 # that only a rule set change can change what its deadline means
 _UNREPORTED_EPISODE_DUE = _EPISODE_DUE.where(_EPISODES.c.deadline_reported.is_(False))
@@ -81,7 +83,7 @@ def _episodes_due(session: Session, now: dt.datetime, include_reported: bool) ->
     a cheap check before the full deadline pass."""
     session.flush()
     query = _EPISODE_DUE if include_reported else _UNREPORTED_EPISODE_DUE
-    return session.connection().execute(query.limit(1), {"now": now}).first() is not None
+    return session.connection().execute(query, {"now": now}).first() is not None
 
 
 class Pipeline:

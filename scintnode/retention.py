@@ -59,6 +59,13 @@ def _purge(
     batch: int,
 ) -> int:
     """Walk the expired rows oldest first, a batch at a time, and remove the files of those not `kept`."""
+    rows_table = cast(Table, table.__table__)
+    # a row whose file changed since it was read (an input re-sent with other content) keeps it
+    mark = (
+        update(rows_table)
+        .where(rows_table.c.sop_instance_uid == bindparam("uid"), rows_table.c.path == bindparam("old"))
+        .values(path=PURGED)
+    )
     removed = 0
     after: tuple[dt.datetime, str] | None = None
     while True:
@@ -75,13 +82,6 @@ def _purge(
         for _, path in gone:
             spool.remove(path)
         if gone:
-            # a row whose file changed since it was read (an input re-sent with other content) keeps it
-            rows_table = cast(Table, table.__table__)
-            mark = (
-                update(rows_table)
-                .where(rows_table.c.sop_instance_uid == bindparam("uid"), rows_table.c.path == bindparam("old"))
-                .values(path=PURGED)
-            )
             with db.session() as session:
                 session.connection().execute(mark, [{"uid": uid, "old": path} for uid, path in gone])
         removed += len(gone)

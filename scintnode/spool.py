@@ -33,10 +33,6 @@ class StoredFile:
     sha256: str
     size: int
 
-    @property
-    def folder(self) -> str:
-        return os.path.dirname(self.path)
-
 
 _BUCKETS = frozenset(f"{n:02x}" for n in range(256))  # inputs/<series digest's first 2 hex digits>, before slots
 

@@ -268,7 +268,7 @@ def test_a_new_output_folder_has_its_parent_fsynced_first(tmp_path: Path, monkey
     syncs = _syncs(monkeypatch)
     output = spool.store_output(b"sr", "1.2.3", "1.2.3.9")  # outputs/<study>/: a new folder
     folders = [path for kind, path in syncs if kind == "dir"]
-    assert folders == [spool.root / "outputs", spool.absolute(output.folder)]  # its parent first, then the file's
+    assert folders == [spool.root / "outputs", spool.absolute(output.path).parent]  # its parent first, then the file's
 
 
 def test_serve_refuses_a_spool_another_node_holds(tmp_path: Path) -> None:
