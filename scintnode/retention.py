@@ -1,8 +1,9 @@
 """Retention: deletes spooled files the node no longer needs, once they are older than the retention period.
 
-Inputs go once they are routed and no pending or running job reads them; outputs once no delivery of them
-is pending (sent, or dead-lettered and left there). Index rows stay, their path set to "purged" (they are
-small and make the audit trail).
+Inputs go once they are routed, no pending or running job reads them and no open episode holds them (one
+left waiting, `keep-waiting`, may wait for its missing input longer than the retention period); outputs once
+no delivery of them is pending (sent, or dead-lettered and left there). Index rows stay, their path set to
+"purged" (they are small and make the audit trail).
 
 A pass works through the expired files in batches. Each batch is read, its files removed, and its rows
 marked in a short transaction of its own, so the receiver's commits wait at most for one batch's marks and
@@ -20,7 +21,7 @@ from typing import cast
 from sqlalchemy import Select, Table, bindparam, literal, select, tuple_, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from scintnode.db import Database, Delivery, Instance, Job, Output, in_list_chunks, utcnow
+from scintnode.db import Database, Delivery, Episode, EpisodeMember, Instance, Job, Output, in_list_chunks, utcnow
 from scintnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,14 @@ def _purge(
 
 
 def _busy_inputs(session: Session, uids: list[str]) -> set[str]:
-    """Those of `uids` that a pending or running job still reads."""
+    """Those of `uids` that a pending or running job still reads, or an open episode holds."""
     wanted = set(uids)
     busy: set[str] = set()
     for inputs in session.scalars(select(Job.inputs).where(Job.state.in_(("pending", "running")))):
         busy.update(wanted.intersection(inputs))
+    # read from the open episodes, which are few, through their index: members are indexed by episode only
+    held = select(EpisodeMember.sop_instance_uid).join(Episode).where(Episode.state == "open")
+    busy.update(wanted.intersection(session.scalars(held)))
     return busy
 
 

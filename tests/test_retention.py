@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import event, select, update
 
 from scintnode import retention
-from scintnode.db import Database, Delivery, Instance, Job, Output
+from scintnode.db import Database, Delivery, Episode, EpisodeMember, Instance, Job, Output
 from scintnode.retention import PURGED, purge_expired
 from scintnode.spool import Spool
 
@@ -118,6 +118,49 @@ def test_expired_inputs_go_unless_young_unrouted_or_read_by_a_job(node: tuple[Da
         assert paths[uid] == files[name]
         assert spool.absolute(files[name]).read_bytes() == f"instance {uid}".encode()
     assert purge_expired(db, spool, 30, now=NOW) == 0
+
+
+def test_expired_inputs_an_open_episode_holds_stay_until_it_closes(node: tuple[Database, Spool]) -> None:
+    db, spool = node
+    files = {uid: _input(db, spool, uid, OLD) for uid in ("2.1", "2.2", "2.3")}
+    waiting = _episode(db, "open", ["2.1"])
+    _episode(db, "ran", ["2.2"])
+    _episode(db, "gave-up", ["2.3"])
+
+    assert purge_expired(db, spool, 30, now=NOW) == 2
+    assert _paths(db)["2.1"] == files["2.1"] and spool.absolute(files["2.1"]).exists()
+
+    with db.session() as session:
+        session.execute(update(Episode).where(Episode.id == waiting).values(state="gave-up"))
+    assert purge_expired(db, spool, 30, now=NOW) == 1
+    assert _paths(db)["2.1"] == PURGED and not spool.absolute(files["2.1"]).exists()
+
+
+def _episode(db: Database, state: str, members: list[str]) -> int:
+    with db.session() as session:
+        episode = Episode(
+            rule_name="parathyroid",
+            join_key=f"patient-{state}",
+            state=state,
+            ruleset_version="v",
+            first_acquired_at=OLD,
+            deadline_at=OLD + dt.timedelta(hours=6),
+        )
+        session.add(episode)
+        session.flush()
+        session.add_all(
+            EpisodeMember(
+                episode_id=episode.id,
+                slot="early",
+                unit=uid,
+                sop_instance_uid=uid,
+                study_uid="1.2.3",
+                acquired_at=OLD,
+                values={},
+            )
+            for uid in members
+        )
+        return episode.id
 
 
 def test_expired_outputs_go_once_no_delivery_is_pending(node: tuple[Database, Spool]) -> None:
