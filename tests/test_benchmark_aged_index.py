@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import sqlite3
 import tempfile
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,21 +138,60 @@ def test_copies_keep_their_references_and_spread_over_the_days(tmp_path: Path) -
 
 
 @pytest.mark.e2e
-def test_the_ingest_benchmark_runs_beside_an_aged_index_on_a_copy(
+def test_the_ingest_benchmark_runs_beside_an_aged_index_on_one_copy_the_rounds_share(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _source(tmp_path / "source.db")
     aged_index.build(tmp_path / "source.db", tmp_path / "aged.db", instances=50, days=90)
     before = (tmp_path / "aged.db").read_bytes()
+    indexed = _count(tmp_path / "aged.db", "SELECT count(*) FROM instances")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(work))
-    argv = ["--ct", "0", "--nm", "3", "--wb", "0", "--rounds", "1", "--associations", "1", "--receivers", "scintnode"]
+    copies: list[Path] = []
+    copyfile, rmtree = shutil.copyfile, shutil.rmtree
+
+    def counted_copy(source: Path, target: Path) -> Path:
+        if Path(source) == tmp_path / "aged.db":
+            copies.append(Path(target))
+        return Path(copyfile(source, target))
+
+    # what each aged run leaves in its index, read as the benchmark removes the run's folder
+    left: list[tuple[int, bool]] = []
+
+    def removal(path: Path, *args: Any, **kwargs: Any) -> None:
+        index = Path(path) / "spool" / "index.db"
+        if index.exists() and index.stat().st_nlink == 2:
+            wal = index.with_name("index.db-wal")
+            left.append((_count(index, "SELECT count(*) FROM instances"), wal.exists() and wal.stat().st_size > 0))
+        rmtree(path, *args, **kwargs)
+
+    received: list[int] = []
+    take_out = ingest._rows_added_since
+
+    def counted_take_out(index: Path, last_rows: dict[str, int]) -> None:
+        received.append(_count(index, "SELECT count(*) FROM instances"))
+        take_out(index, last_rows)
+
+    monkeypatch.setattr(ingest, "_rows_added_since", counted_take_out)
+    monkeypatch.setattr(shutil, "copyfile", counted_copy)
+    monkeypatch.setattr(shutil, "rmtree", removal)
+    argv = ["--ct", "0", "--nm", "3", "--wb", "0", "--rounds", "2", "--associations", "1", "--receivers", "scintnode"]
 
     assert ingest.main([*argv, "--aged-index", str(tmp_path / "aged.db")]) == 0
 
     out = capsys.readouterr().out
     assert "| scintnode | nm 256x256 | 1 |" in out and "| scintnode, aged index | nm 256x256 | 1 |" in out
     assert "aged index x empty index, nm 256x256 x1: " in out
+    assert len(copies) == 1  # one copy before the first run, not one per run
+    assert received == [indexed + 3, indexed + 3]  # each aged run indexed the set as new instances
+    # both runs worked on that copy, each on the index as it was made: their rows were taken out of it, and
+    # nothing of them was left in a WAL, by the time the run's folder went
+    assert left == [(indexed, False), (indexed, False)]
     assert (tmp_path / "aged.db").read_bytes() == before  # the node ran on a copy
     assert list(work.iterdir()) == []
+
+
+def _count(index: Path, query: str) -> int:
+    with closing(sqlite3.connect(index)) as connection:
+        return int(connection.execute(query).fetchone()[0])
