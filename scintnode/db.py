@@ -53,6 +53,13 @@ def _not_purged_index(table: str, time_column: str) -> Index:
     )
 
 
+def _replaced_index() -> Index:
+    """The changed re-sends, by time: retention reads these to remove a first file once its replacement is old,
+    and the restart sweep to keep it until then, without reading the rest of the audit trail."""
+    condition = text("kind = 'replaced'")
+    return Index("ix_events_replaced", "at", sqlite_where=condition, postgresql_where=condition)
+
+
 class Instance(Base):
     """One stored SOP instance; written before the C-STORE is answered."""
 
@@ -214,6 +221,8 @@ class Event(Base):
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (_replaced_index(),)
 
 
 # Events written in bulk (the receiver's group commit, a routing pass): one compiled statement for all rows.

@@ -119,8 +119,7 @@ def remove_unindexed_inputs(db: Database, spool: Spool) -> int:
         for chunk in in_list_chunks(written):
             indexed.update(connection.scalars(select(_INSTANCES.c.path).where(_INSTANCES.c.path.in_(chunk))))
         unindexed = [path for path in written if path not in indexed]
-        # a changed re-send keeps the first file, which its `replaced` event names (read only when needed:
-        # it reads every such event)
+        # a changed re-send keeps the first file, which its `replaced` event names, until retention removes it
         for chunk in in_list_chunks(unindexed):
             old_path = Event.detail["old_path"].as_string()
             replaced = select(old_path).where(Event.kind == "replaced", old_path.in_(chunk))
@@ -201,7 +200,7 @@ def _plan_rows(stores: list[StoreWrite], known: dict[str, tuple[str, str]], now:
                     sop_instance_uid=uid,
                     old_sha256=previous,
                     new_sha256=stored.sha256,
-                    old_path=previous_path,  # the first file is kept (see remove_unindexed_inputs)
+                    old_path=previous_path,  # the first file is kept until retention removes it
                 )
             )
             rows.replaced.append(

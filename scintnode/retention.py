@@ -3,7 +3,8 @@
 Inputs go once they are routed, no pending or running job reads them and no open episode holds them (one
 left waiting, `keep-waiting`, may wait for its missing input longer than the retention period); outputs once
 no delivery of them is pending (sent, or dead-lettered and left there). Index rows stay, their path set to
-"purged" (they are small and make the audit trail).
+"purged" (they are small and make the audit trail). The first file of an input re-sent with other content,
+kept beside the new one and named by its `replaced` event, goes once that event is older than the period.
 
 A pass works through the expired files in batches. Each batch is read, its files removed, and its rows
 marked in a short transaction of its own, so the receiver's commits wait at most for one batch's marks and
@@ -18,18 +19,27 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-from sqlalchemy import Select, Table, bindparam, literal, select, tuple_, update
+from sqlalchemy import Select, Table, bindparam, select, tuple_, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from scintnode.db import Database, Delivery, Episode, EpisodeMember, Instance, Job, Output, in_list_chunks, utcnow
+from scintnode.db import (
+    Database,
+    Delivery,
+    Episode,
+    EpisodeMember,
+    Event,
+    Instance,
+    Job,
+    Output,
+    in_list_chunks,
+    utcnow,
+)
 from scintnode.spool import Spool
 
 log = logging.getLogger(__name__)
 
 PURGED = "purged"  # path value of an index row whose file retention removed
 BATCH = 500  # rows read, removed and marked per transaction
-# rendered into the SQL, not bound: SQLite uses a partial index only when the query repeats its condition
-NOT_PURGED = literal(PURGED, literal_execute=True)
 
 
 def purge_expired(
@@ -38,13 +48,14 @@ def purge_expired(
     """Remove the expired inputs and outputs; returns how many files were removed."""
     cutoff = (now or utcnow()) - dt.timedelta(days=retention_days)
     inputs = select(Instance.sop_instance_uid, Instance.path, Instance.received_at).where(
-        Instance.path != NOT_PURGED, Instance.received_at < cutoff, Instance.routed_at.is_not(None)
+        Instance.path != PURGED, Instance.received_at < cutoff, Instance.routed_at.is_not(None)
     )
     outputs = select(Output.sop_instance_uid, Output.path, Output.created_at).where(
-        Output.path != NOT_PURGED, Output.created_at < cutoff
+        Output.path != PURGED, Output.created_at < cutoff
     )
     removed = _purge(db, spool, inputs, Instance, Instance.received_at, _busy_inputs, batch)
     removed += _purge(db, spool, outputs, Output, Output.created_at, _undelivered, batch)
+    removed += _purge_replaced_first_files(db, spool, cutoff)
     if removed:
         log.info("retention removed %d spooled file(s) older than %.1f days", removed, retention_days)
     return removed
@@ -86,6 +97,19 @@ def _purge(
             with db.session() as session:
                 session.connection().execute(mark, [{"uid": uid, "old": path} for uid, path in gone])
         removed += len(gone)
+
+
+def _purge_replaced_first_files(db: Database, spool: Spool, cutoff: dt.datetime) -> int:
+    """Remove the first files of inputs re-sent with other content before `cutoff`. Nothing reads them: the
+    instance's row names the new file. The events stay, so each pass reads every old one again; they are as few
+    as the changed re-sends, found through their partial index."""
+    old_path = Event.detail["old_path"].as_string()
+    with db.session() as session:
+        paths = set(session.scalars(select(old_path).where(Event.kind == "replaced", Event.at < cutoff)))
+    gone = [path for path in paths if path and path != PURGED and spool.absolute(path).exists()]
+    for path in gone:
+        spool.remove(path)
+    return len(gone)
 
 
 def _busy_inputs(session: Session, uids: list[str]) -> set[str]:

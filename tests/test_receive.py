@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import stat
@@ -16,10 +17,11 @@ from pynetdicom import AE
 from sqlalchemy import select
 
 from scintnode.config import NodeSettings
-from scintnode.db import Database, Event, Instance, Series
+from scintnode.db import Database, Event, Instance, Series, utcnow
 from scintnode.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from scintnode.receive import OUT_OF_RESOURCES, Receiver
 from scintnode.receive_header import CANNOT_UNDERSTAND, DATASET_MISMATCH, INVALID_UID, Rejected, read_header
+from scintnode.retention import purge_expired
 from scintnode.spool import Spool
 from tests.conftest import NMFactory
 
@@ -119,6 +121,31 @@ def test_identical_duplicate_is_a_no_op_and_changed_one_is_kept(receiver: Receiv
         assert row is not None and row.path != first_path
         assert receiver.spool.absolute(first_path).exists() and receiver.spool.absolute(row.path).exists()
         assert "replaced" in session.scalars(select(Event.kind)).all()
+
+
+def test_retention_removes_a_replaced_first_copy_once_its_replacement_is_old(
+    receiver: Receiver, nm_file: NMFactory
+) -> None:
+    path = nm_file()
+    assert storescu(receiver.port, path).returncode == 0
+    ds = dcmread(path)
+    ds.SeriesDescription = "THYROID ANT corrected (synthetic)"
+    ds.save_as(path, enforce_file_format=True)
+    assert storescu(receiver.port, path).returncode == 0
+    with receiver.db.session() as session:
+        row = session.get(Instance, ds.SOPInstanceUID)
+        assert row is not None
+        current = row.path
+    assert len(_written_inputs(receiver.spool)) == 2
+
+    # the new file is not routed here, so retention keeps it; only the first file's age is in question
+    assert purge_expired(receiver.db, receiver.spool, 30, now=utcnow() + dt.timedelta(days=29)) == 0
+    assert len(_written_inputs(receiver.spool)) == 2
+    assert purge_expired(receiver.db, receiver.spool, 30, now=utcnow() + dt.timedelta(days=31)) == 1
+    assert _written_inputs(receiver.spool) == {current}
+    assert purge_expired(receiver.db, receiver.spool, 30, now=utcnow() + dt.timedelta(days=32)) == 0
+    with receiver.db.session() as session:
+        assert "replaced" in session.scalars(select(Event.kind)).all()  # the audit trail keeps the event
 
 
 def test_a_restart_removes_inputs_written_but_never_indexed_and_keeps_a_replaced_first_copy(

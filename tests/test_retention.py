@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, select, update
 
-from scintnode import retention
 from scintnode.db import Database, Delivery, Episode, EpisodeMember, Instance, Job, Output
+from scintnode.receive_index import remove_unindexed_inputs
 from scintnode.retention import PURGED, purge_expired
 from scintnode.spool import Spool
 
@@ -254,31 +254,39 @@ def test_a_row_whose_file_changed_meanwhile_keeps_its_new_file(
 
 
 def test_an_index_made_by_an_earlier_release_gets_the_new_indexes(tmp_path: Path) -> None:
-    """create_schema adds the partial indexes to existing tables, and the pass's queries use them (SQLite
-    uses a partial index only when the query repeats its condition literally, not as a bound parameter)."""
+    """create_schema adds the partial indexes to existing tables, and the queries of the pass and of the restart
+    sweep use them."""
     path = tmp_path / "index.db"
     db = Database(f"sqlite:///{path}")
     db.create_schema()
     raw = sqlite3.connect(path)
     raw.execute("DROP INDEX ix_instances_not_purged")
     raw.execute("DROP INDEX ix_outputs_not_purged")
+    raw.execute("DROP INDEX ix_events_replaced")
     raw.commit()
 
     db.create_schema()
 
     indexes = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"ix_instances_not_purged", "ix_outputs_not_purged"} <= indexes
+    assert {"ix_instances_not_purged", "ix_outputs_not_purged", "ix_events_replaced"} <= indexes
     plans: list[str] = []
 
     def explain(conn: object, cursor: sqlite3.Cursor, statement: str, parameters: object, *_: object) -> None:
-        if statement.startswith("SELECT") and "purged" in statement:
+        if statement.startswith("SELECT"):
             plans.extend(str(row) for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", parameters))  # type: ignore[arg-type]
 
     event.listen(db.engine, "before_cursor_execute", explain)
     spool = Spool(tmp_path / "spool")
     _input(db, spool, "7.1", OLD)
     purge_expired(db, spool, 30, now=NOW, batch=1)
-    spool.close()
     assert any("ix_instances_not_purged" in plan for plan in plans)
     assert any("ix_outputs_not_purged" in plan for plan in plans)
-    assert retention.NOT_PURGED.value == PURGED
+    assert any("ix_events_replaced" in plan for plan in plans)
+    # the restart sweep reads the changed re-sends through it too, when it finds a file no row names
+    plans.clear()
+    spool.store_input(b"written, never indexed")
+    spool.close()
+    restarted = Spool(tmp_path / "spool")
+    assert remove_unindexed_inputs(db, restarted) == 1
+    restarted.close()
+    assert any("ix_events_replaced" in plan for plan in plans)
