@@ -102,11 +102,18 @@ def _purge(
 def _purge_replaced_first_files(db: Database, spool: Spool, cutoff: dt.datetime) -> int:
     """Remove the first files of inputs re-sent with other content before `cutoff`. Nothing reads them: the
     instance's row names the new file. The events stay, so each pass reads every old one again; they are as few
-    as the changed re-sends, found through their partial index."""
+    as the changed re-sends, found through their partial index. (`instances.path` has no index: it is read only
+    when there is a file to remove.)"""
     old_path = Event.detail["old_path"].as_string()
     with db.session() as session:
         paths = set(session.scalars(select(old_path).where(Event.kind == "replaced", Event.at < cutoff)))
-    gone = [path for path in paths if path and path != PURGED and spool.absolute(path).exists()]
+        gone = [path for path in paths if path and path != PURGED and spool.absolute(path).exists()]
+        # before input slots a file's name came from its UID and content, so content A, then B, then A again put
+        # the current file under the first one's name: a file an instance names stays
+        named: set[str] = set()
+        for chunk in in_list_chunks(gone):
+            named.update(session.scalars(select(Instance.path).where(Instance.path.in_(chunk))))
+    gone = [path for path in gone if path not in named]
     for path in gone:
         spool.remove(path)
     return len(gone)

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 
-from scintnode.db import Database, Delivery, Episode, EpisodeMember, Instance, Job, Output
+from scintnode.db import Database, Delivery, Episode, EpisodeMember, Event, Instance, Job, Output
 from scintnode.receive_index import remove_unindexed_inputs
 from scintnode.retention import PURGED, purge_expired
 from scintnode.spool import Spool
@@ -134,6 +134,26 @@ def test_expired_inputs_an_open_episode_holds_stay_until_it_closes(node: tuple[D
         session.execute(update(Episode).where(Episode.id == waiting).values(state="gave-up"))
     assert purge_expired(db, spool, 30, now=NOW) == 1
     assert _paths(db)["2.1"] == PURGED and not spool.absolute(files["2.1"]).exists()
+
+
+def test_a_replaced_first_file_goes_unless_an_instance_names_it(node: tuple[Database, Spool]) -> None:
+    """Before input slots a file's name came from its UID and content: content A, then B, then A again put the
+    current file under the name the first `replaced` event gives as old. That file stays."""
+    db, spool = node
+    first = spool.store_input(b"first content").path
+    recent = spool.store_input(b"replaced three days ago").path
+    current = _input(db, spool, "9.1", OLD, routed=False)
+    with db.session() as session:
+        for at, old in ((OLD, first), (OLD, current), (YOUNG, recent)):
+            db.record_event(session, "1.2.3", "replaced", sop_instance_uid="9.1", old_path=old)
+            session.flush()
+            session.execute(update(Event).where(Event.id == select(func.max(Event.id)).scalar_subquery()).values(at=at))
+
+    assert purge_expired(db, spool, 30, now=NOW) == 1
+
+    assert not spool.absolute(first).exists()
+    assert spool.absolute(recent).exists()
+    assert spool.absolute(current).read_bytes() == b"instance 9.1"
 
 
 def _episode(db: Database, state: str, members: list[str]) -> int:
