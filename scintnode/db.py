@@ -27,6 +27,7 @@ from sqlalchemy import (
     event,
     insert,
     inspect,
+    select,
     text,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -227,6 +228,10 @@ class Event(Base):
 
 # Events written in bulk (the receiver's group commit, a routing pass): one compiled statement for all rows.
 INSERT_EVENTS = insert(cast(Table, Event.__table__))
+# A changed re-send's first file, kept beside the new one: its `replaced` event names it (receive_index.py). The
+# restart sweep keeps these files and retention removes them, both reading them through ix_events_replaced.
+REPLACED_FIRST_FILE = Event.detail["old_path"].as_string()
+REPLACED_FIRST_FILES = select(REPLACED_FIRST_FILE).where(Event.kind == "replaced")
 
 
 def in_list_chunks(values: list[str], size: int = 500) -> list[list[str]]:

@@ -17,7 +17,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from scintnode import receive_index_sqlite
-from scintnode.db import INSERT_EVENTS, Database, Event, Instance, Series, event_row, in_list_chunks, utcnow
+from scintnode.db import (
+    INSERT_EVENTS,
+    REPLACED_FIRST_FILE,
+    REPLACED_FIRST_FILES,
+    Database,
+    Instance,
+    Series,
+    event_row,
+    in_list_chunks,
+    utcnow,
+)
 from scintnode.spool import Spool, StoredFile
 
 log = logging.getLogger(__name__)
@@ -121,9 +131,7 @@ def remove_unindexed_inputs(db: Database, spool: Spool) -> int:
         unindexed = [path for path in written if path not in indexed]
         # a changed re-send keeps the first file, which its `replaced` event names, until retention removes it
         for chunk in in_list_chunks(unindexed):
-            old_path = Event.detail["old_path"].as_string()
-            replaced = select(old_path).where(Event.kind == "replaced", old_path.in_(chunk))
-            indexed.update(connection.scalars(replaced))
+            indexed.update(connection.scalars(REPLACED_FIRST_FILES.where(REPLACED_FIRST_FILE.in_(chunk))))
     unindexed = [path for path in unindexed if path not in indexed]
     for path in unindexed:
         spool.remove(path)

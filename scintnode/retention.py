@@ -23,6 +23,7 @@ from sqlalchemy import Select, Table, bindparam, select, tuple_, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from scintnode.db import (
+    REPLACED_FIRST_FILES,
     Database,
     Delivery,
     Episode,
@@ -104,9 +105,8 @@ def _purge_replaced_first_files(db: Database, spool: Spool, cutoff: dt.datetime)
     instance's row names the new file. The events stay, so each pass reads every old one again; they are as few
     as the changed re-sends, found through their partial index. (`instances.path` has no index: it is read only
     when there is a file to remove.)"""
-    old_path = Event.detail["old_path"].as_string()
     with db.session() as session:
-        paths = set(session.scalars(select(old_path).where(Event.kind == "replaced", Event.at < cutoff)))
+        paths = set(session.scalars(REPLACED_FIRST_FILES.where(Event.at < cutoff)))
         gone = [path for path in paths if path and path != PURGED and spool.absolute(path).exists()]
         # before input slots a file's name came from its UID and content, so content A, then B, then A again put
         # the current file under the first one's name: a file an instance names stays
