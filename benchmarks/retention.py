@@ -100,10 +100,9 @@ def fill(db: Database, spool: Spool, expired: int, kept: int) -> None:
 class Receiver(threading.Thread):
     """Indexes one new instance at a time through the receiver's group commit, timing each commit."""
 
-    def __init__(self, db: Database, spool: Spool) -> None:
+    def __init__(self, db: Database) -> None:
         super().__init__(daemon=True)
         self.writer: GroupCommit[StoreWrite | ReleaseWrite] = GroupCommit(db.engine, write_index_batch)
-        self.spool = spool
         self.commits: list[float] = []
         self.failures = 0
         self.stop = threading.Event()
@@ -130,8 +129,8 @@ def commit_figures(commits: list[float]) -> str:
     )
 
 
-def receiving(db: Database, spool: Spool, seconds: float) -> Receiver:
-    receiver = Receiver(db, spool)
+def receiving(db: Database, seconds: float) -> Receiver:
+    receiver = Receiver(db)
     receiver.start()
     time.sleep(seconds)
     receiver.stop.set()
@@ -154,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         fill(db, spool, args.expired, args.kept)
         made = time.perf_counter() - started
         print(f"synthetic backlog: {args.expired} expired and {args.kept} young inputs ({made:.0f} s to make)")
-        idle = receiving(db, spool, 5.0)
+        idle = receiving(db, 5.0)
         print(f"receiver, no pass running: {commit_figures(idle.commits)}")
 
-        receiver = Receiver(db, spool)
+        receiver = Receiver(db)
         receiver.start()
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
